@@ -1,0 +1,30 @@
+# Two commands for users: `make demo` (the main job) and `make test`. Both build .venv from the
+# pinned requirements/lock.txt on first use; delete .venv to rebuild.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/lock.txt
+	$(PY) -m pip install -q --no-deps -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m launch.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/encoder.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,190 @@
+"""The Flax encoder against an independent numpy forward pass, plus its component contracts."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import numpy_reference as ref
+from bilingual import JinaBert, JinaBertForMaskedLM, get_config, hf_layout
+from bilingual.modeling import gelu_exact, mean_pool
+
+
+def random_batch(batch, length, lengths, vocab, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(5, vocab, (batch, length))
+    mask = (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+    ids = np.where(mask, ids, 0)  # pad id 0, as the tokenizer pads
+    return jnp.asarray(ids), jnp.asarray(mask)
+
+
+def init_params(config, ids, seed=0, model_cls=JinaBert):
+    return nn.meta.unbox(model_cls(config).init(jax.random.key(seed), ids)["params"])
+
+
+def perturb(params, seed=1, scale=0.05):
+    """Make LayerNorm scales/biases non-trivial so the test sees them."""
+    leaves, treedef = jax.tree.flatten(params)
+    rng = np.random.RandomState(seed)
+    return jax.tree.unflatten(treedef, [x + scale * rng.randn(*x.shape).astype(np.float32) for x in leaves])
+
+
+@pytest.mark.parametrize("overrides,act", [
+    (dict(), "gelu"),
+    (dict(qk_layernorm=True), "gelu"),
+    (dict(feed_forward_type="reglu", num_heads=2), "relu"),
+    (dict(attention_impl="chunked", attention_block_size=16), "gelu"),
+])
+def test_matches_numpy_reference(overrides, act):
+    config = get_config("tiny", hidden_dropout=0.0, **overrides)
+    ids, mask = random_batch(3, 41, [41, 23, 1], config.vocab_size)
+    params = perturb(init_params(config, ids))
+    out = JinaBert(config).apply({"params": params}, ids, mask)
+    hidden, emb = ref.forward(hf_layout.to_state_dict(params), ids, mask, num_heads=config.num_heads,
+                              num_layers=config.num_layers, intermediate=config.intermediate_size,
+                              qk_layernorm=config.qk_layernorm, act=act)
+    valid = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(out.last_hidden_state)[valid], hidden[valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.embedding), emb, atol=1e-5, rtol=0)
+
+
+def test_gelu_is_the_exact_erf_form():
+    x = np.linspace(-5, 5, 101).astype(np.float32)
+    exact = 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    np.testing.assert_allclose(np.asarray(gelu_exact(jnp.asarray(x))), exact, atol=1e-6)
+    # The tanh approximation differs by more than that: the test can tell them apart.
+    assert np.abs(np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=True)) - exact).max() > 1e-4
+
+
+def test_glu_split_order_first_half_is_the_gate():
+    """Swapping the gate and linear halves of gated_layers changes the output; the reference order wins."""
+    config = get_config("tiny", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 12, [12, 7], config.vocab_size)
+    params = perturb(init_params(config, ids))
+    state = hf_layout.to_state_dict(params)
+    inter = config.intermediate_size
+    swapped = dict(state)
+    for n in range(config.num_layers):
+        w = state[f"encoder.layer.{n}.mlp.gated_layers.weight"]
+        swapped[f"encoder.layer.{n}.mlp.gated_layers.weight"] = np.concatenate([w[inter:], w[:inter]])
+    out = np.asarray(JinaBert(config).apply({"params": params}, ids, mask).embedding)
+    kwargs = dict(num_heads=4, num_layers=config.num_layers, intermediate=inter)
+    right = ref.forward(state, ids, mask, **kwargs)[1]
+    wrong = ref.forward(swapped, ids, mask, **kwargs)[1]
+    np.testing.assert_allclose(out, right, atol=1e-5)
+    assert np.abs(out - wrong).max() > 1e-3
+
+
+def test_post_layernorm_output_is_normalised():
+    """Post-LN: every layer output (and so the last hidden state) is a LayerNorm output."""
+    config = get_config("tiny", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 9, [9, 9], config.vocab_size)
+    params = init_params(config, ids)  # LayerNorm scale 1, bias 0
+    h = np.asarray(JinaBert(config).apply({"params": params}, ids, mask).last_hidden_state)
+    np.testing.assert_allclose(h.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(h.std(-1), 1, atol=1e-3)
+
+
+def test_padding_does_not_change_the_embedding():
+    config = get_config("tiny", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 10, [10, 6], config.vocab_size)
+    params = init_params(config, ids)
+    model = JinaBert(config)
+    base = np.asarray(model.apply({"params": params}, ids, mask).embedding)
+    pad = 23
+    ids_padded = jnp.concatenate([ids, jnp.zeros((2, pad), ids.dtype)], axis=1)
+    mask_padded = jnp.concatenate([mask, jnp.zeros((2, pad), mask.dtype)], axis=1)
+    padded = np.asarray(model.apply({"params": params}, ids_padded, mask_padded).embedding)
+    np.testing.assert_allclose(padded, base, atol=1e-5)
+    # Row 1 alone, without any padding, gives the same embedding as inside the padded batch.
+    alone = np.asarray(model.apply({"params": params}, ids[1:, :6], mask[1:, :6]).embedding)
+    np.testing.assert_allclose(alone[0], base[1], atol=1e-5)
+
+
+def test_mean_pool_with_empty_row_is_zero_not_nan():
+    hidden = jnp.ones((2, 3, 4))
+    mask = jnp.asarray([[1, 1, 0], [0, 0, 0]])
+    pooled = np.asarray(mean_pool(hidden, mask))
+    np.testing.assert_array_equal(pooled, [[1, 1, 1, 1], [0, 0, 0, 0]])
+
+
+def test_masked_lm_logits_use_tied_embeddings():
+    config = get_config("tiny", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 8, [8, 5], config.vocab_size)
+    model = JinaBertForMaskedLM(config)
+    params = perturb(init_params(config, ids, model_cls=JinaBertForMaskedLM))
+    logits, out = model.apply({"params": params}, ids, mask)
+    assert logits.shape == (2, 8, config.vocab_size) and logits.dtype == jnp.float32
+    sd = hf_layout.to_state_dict(params)
+    h = np.asarray(out.last_hidden_state, np.float64)
+    x = h @ sd["cls.predictions.transform.dense.weight"].T + sd["cls.predictions.transform.dense.bias"]
+    x = ref.layer_norm(ref.gelu(x), sd["cls.predictions.transform.LayerNorm.weight"],
+                       sd["cls.predictions.transform.LayerNorm.bias"], 1e-12)
+    expected = x @ sd["bert.embeddings.word_embeddings.weight"].T + sd["cls.predictions.bias"]
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+
+
+def test_bf16_compute_keeps_float32_parameters():
+    config = get_config("tiny", compute_dtype="bfloat16", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 16, [16, 9], config.vocab_size)
+    variables = JinaBert(config).init(jax.random.key(0), ids, mask)
+    params = nn.meta.unbox(variables["params"])
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    out = JinaBert(config).apply({"params": params}, ids, mask)
+    assert out.last_hidden_state.dtype == jnp.bfloat16 and out.embedding.dtype == jnp.float32
+    f32 = JinaBert(config.replace(compute_dtype="float32")).apply({"params": params}, ids, mask)
+    np.testing.assert_allclose(np.asarray(out.embedding), np.asarray(f32.embedding), atol=0.1)
+
+
+def test_remat_gives_the_same_gradients():
+    config = get_config("tiny", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 12, [12, 8], config.vocab_size)
+    params = init_params(config, ids)
+
+    def grads(cfg):
+        loss = lambda p: jnp.sum(JinaBert(cfg).apply({"params": p}, ids, mask).embedding ** 2)
+        return jax.grad(loss)(params)
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
+                 grads(config), grads(config.replace(remat=True)))
+
+
+def test_dropout_only_in_training_mode():
+    config = get_config("tiny", hidden_dropout=0.1, attention_dropout=0.1)
+    ids, mask = random_batch(2, 12, [12, 8], config.vocab_size)
+    params = init_params(config, ids)
+    model = JinaBert(config)
+    eval_a = model.apply({"params": params}, ids, mask).embedding
+    eval_b = model.apply({"params": params}, ids, mask).embedding
+    np.testing.assert_array_equal(np.asarray(eval_a), np.asarray(eval_b))
+    train = model.apply({"params": params}, ids, mask, deterministic=False,
+                        rngs={"dropout": jax.random.key(3)}).embedding
+    assert np.abs(np.asarray(train) - np.asarray(eval_a)).max() > 1e-3
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m, p, ids, mask: m.apply({"params": p}, ids.astype(jnp.float32), mask), TypeError, "integer"),
+    (lambda m, p, ids, mask: m.apply({"params": p}, ids, mask[:, :-1]), ValueError, "attention_mask"),
+    (lambda m, p, ids, mask: m.apply({"params": p}, ids[0], mask[0]), ValueError, r"\[batch, length\]"),
+    (lambda m, p, ids, mask: m.apply({"params": p}, jnp.zeros((1, 65), jnp.int32)), ValueError, "max_length=64"),
+    (lambda m, p, ids, mask: m.apply({"params": p}, ids, mask, token_type_ids=ids[:, :3]), ValueError, "token_type_ids"),
+])
+def test_bad_inputs_raise_clear_errors(call, error, match):
+    config = get_config("tiny", max_length=64)
+    ids, mask = random_batch(2, 8, [8, 5], config.vocab_size)
+    params = init_params(config, ids)
+    with pytest.raises(error, match=match):
+        call(JinaBert(config), params, ids, mask)
+
+
+def test_long_input_auto_selects_chunked_and_matches_dense():
+    config = get_config("tiny", hidden_dropout=0.0, chunked_min_length=64, attention_block_size=32)
+    ids, mask = random_batch(1, 200, [190], config.vocab_size)
+    params = init_params(config, ids)
+    auto = JinaBert(config).apply({"params": params}, ids, mask)
+    dense = JinaBert(config.replace(attention_impl="dense")).apply({"params": params}, ids, mask)
+    np.testing.assert_allclose(np.asarray(auto.embedding), np.asarray(dense.embedding), atol=1e-5)
+    text = jax.jit(lambda p: JinaBert(config).apply({"params": p}, ids, mask).embedding).lower(params).as_text()
+    assert "while" in text  # the chunked path is a loop, the dense one is not
