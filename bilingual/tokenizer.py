@@ -1,0 +1,225 @@
+"""Byte-level BPE tokenizer for a language pair, trained with Hugging Face ``tokenizers``.
+
+The recipe follows ``shared/spec/MODEL.md``: RoBERTa-style byte-level BPE, cased, with the special tokens
+``<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4`` (in that order, so the ids are fixed), trained on a corpus in
+which the two languages are balanced by sampling. The saved directory is a regular Hugging Face tokenizer
+(``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``)
+that ``transformers.AutoTokenizer.from_pretrained(dir)`` loads, so an exported model carries it unchanged.
+
+Text is NFC-normalised before byte-level pre-tokenisation (ours: composed and decomposed umlauts/accents get
+the same ids; RoBERTa itself has no normaliser).
+
+Balancing: every language contributes the same number of characters. By default that is the size of the
+smallest language (``balance="downsample"``: larger languages are subsampled line by line with a fixed seed);
+``balance="upsample"`` instead repeats lines of the smaller languages up to the size of the largest.
+``max_chars_per_language`` caps every language (useful for a 61k vocabulary on a very large corpus).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import pathlib
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+BOS_ID, PAD_ID, EOS_ID, UNK_ID, MASK_ID = range(5)
+DEFAULT_VOCAB_SIZE = 61056
+DEFAULT_MODEL_MAX_LENGTH = 8192
+WORD_START_MARKER = "\u0120"  # "Ġ": the byte-level encoding of a leading space
+
+
+class TokenizerError(ValueError):
+    """Bad tokenizer input or a tokenizer directory that does not follow the contract above."""
+
+
+def expand_paths(patterns: Sequence[str] | str) -> list[str]:
+    """Expands globs; local paths through ``glob``, URLs such as ``gs://`` through ``tf.io.gfile``."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    paths: list[str] = []
+    for pattern in patterns:
+        if "://" in pattern:
+            import tensorflow as tf  # only for remote file systems; import is slow
+
+            matched = sorted(tf.io.gfile.glob(pattern))
+        else:
+            matched = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not matched:
+            raise TokenizerError(f"no file matches {pattern!r}")
+        paths.extend(matched)
+    return paths
+
+
+def read_lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yields ``(line_number, text)`` of a UTF-8 text file (1-based), without the newline.
+
+    Raises ``TokenizerError`` naming the file and line on invalid UTF-8.
+    """
+    if "://" in path:
+        import tensorflow as tf
+
+        handle = tf.io.gfile.GFile(path, "rb")
+    else:
+        handle = open(path, "rb")
+    with handle as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TokenizerError(f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            yield number, text.rstrip("\r\n")
+
+
+def balanced_sample(corpora: Mapping[str, Sequence[str]], *, balance: str = "downsample",
+                    max_chars_per_language: int | None = None, seed: int = 0) -> dict[str, list[str]]:
+    """Reads the non-empty lines of each language and samples them to equal character counts.
+
+    Args:
+      corpora: language code -> file paths or globs (plain text, one document per line).
+      balance: ``"downsample"`` (to the smallest language) or ``"upsample"`` (to the largest, by repetition).
+      max_chars_per_language: optional cap applied after balancing.
+      seed: fixes the line sample.
+
+    Returns:
+      language -> sampled lines (in random order). Every language gets about the same number of characters
+      (equal up to one line).
+    """
+    if balance not in ("downsample", "upsample"):
+        raise TokenizerError(f"balance must be 'downsample' or 'upsample', got {balance!r}")
+    if not corpora:
+        raise TokenizerError("corpora is empty: give at least one language -> files")
+    lines = {}
+    for lang, patterns in corpora.items():
+        lines[lang] = [t for path in expand_paths(patterns) for _, t in read_lines(path) if t.strip()]
+        if not lines[lang]:
+            raise TokenizerError(f"language {lang!r}: the files {list(patterns)} hold no non-empty line")
+    sizes = {lang: sum(map(len, v)) for lang, v in lines.items()}
+    target = min(sizes.values()) if balance == "downsample" else max(sizes.values())
+    if max_chars_per_language:
+        target = min(target, max_chars_per_language)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for lang in sorted(lines):
+        pool = lines[lang]
+        picked: list[str] = []
+        chars = 0
+        while chars < target:
+            for i in rng.permutation(len(pool)):  # repeats only when upsampling
+                if chars >= target:
+                    break
+                picked.append(pool[i])
+                chars += len(pool[i])
+        out[lang] = picked
+        log.info("tokenizer corpus: %s %d of %d characters (%d lines)", lang, chars, sizes[lang], len(picked))
+    return out
+
+
+def new_tokenizer() -> Tokenizer:
+    """An untrained byte-level BPE pipeline with the RoBERTa post-processor (``<s> A </s>``)."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, *, min_frequency: int = 2,
+              show_progress: bool = True, length: int | None = None) -> Tokenizer:
+    """Trains byte-level BPE on ``texts``; the five special tokens get ids 0..4."""
+    if vocab_size <= len(SPECIAL_TOKENS) + 256:
+        raise TokenizerError(f"vocab_size must exceed {len(SPECIAL_TOKENS) + 256} (specials + 256 bytes), "
+                             f"got {vocab_size}")
+    tok = new_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=list(SPECIAL_TOKENS), show_progress=show_progress,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer, length=length)
+    # as in RoBERTa, "<mask>" absorbs the space before it, so "ein <mask> Haus" masks the word with its space
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
+    tok.post_processor = processors.RobertaProcessing(("</s>", EOS_ID), ("<s>", BOS_ID), trim_offsets=True,
+                                                      add_prefix_space=False)
+    for i, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != i:
+            raise TokenizerError(f"special token {token} got id {tok.token_to_id(token)}, expected {i}")
+    return tok
+
+
+def save(tok: Tokenizer, out_dir: str | os.PathLike, *, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+         metadata: Mapping | None = None) -> pathlib.Path:
+    """Writes the Hugging Face tokenizer files into ``out_dir`` (created if needed).
+
+    ``metadata`` (for example the training corpus and seed) goes into ``training_args.json`` beside them.
+    """
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    tok.model.save(str(out), None)  # vocab.json + merges.txt, for slow-tokenizer users
+    config = {
+        "tokenizer_class": "RobertaTokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+        "cls_token": "<s>", "sep_token": "</s>",
+        "mask_token": {"content": "<mask>", "lstrip": True, "rstrip": False, "normalized": False,
+                       "single_word": False, "special": True},
+        "add_prefix_space": False, "trim_offsets": True, "errors": "replace",
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                "cls_token": "<s>", "sep_token": "</s>", "mask_token": config["mask_token"]}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+    if metadata is not None:
+        (out / "training_args.json").write_text(json.dumps(dict(metadata), indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def load(path: str | os.PathLike) -> Tokenizer:
+    """Loads ``path/tokenizer.json`` (or a ``tokenizer.json`` file) and checks the special-token ids."""
+    p = pathlib.Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.exists():
+        raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
+    tok = Tokenizer.from_file(str(file))
+    for i, token in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(token) != i:
+            raise TokenizerError(f"{file}: special token {token} has id {tok.token_to_id(token)}, expected {i}")
+    return tok
+
+
+def word_start_table(tok: Tokenizer) -> np.ndarray:
+    """Boolean [vocab_size]: True where a token begins a word (its text starts with ``Ġ``).
+
+    The special tokens are marked True too, so the token after ``<s>`` (first word of a document, which has
+    no leading space) is found as a word start by looking at the previous token being special.
+    """
+    vocab = tok.get_vocab()
+    table = np.zeros(max(vocab.values()) + 1, bool)
+    for token, i in vocab.items():
+        table[i] = token.startswith(WORD_START_MARKER) or token in SPECIAL_TOKENS
+    return table
+
+
+def train_and_save(corpora: Mapping[str, Sequence[str]], out_dir: str | os.PathLike, *,
+                   vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2, balance: str = "downsample",
+                   max_chars_per_language: int | None = None, seed: int = 0,
+                   model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, show_progress: bool = True) -> pathlib.Path:
+    """Balances the corpus, trains, and saves. Returns the output directory."""
+    sample = balanced_sample(corpora, balance=balance, max_chars_per_language=max_chars_per_language, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    texts = [t for lang in sorted(sample) for t in sample[lang]]
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    tok = train_bpe(texts, vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+                    length=len(texts))
+    meta = {"corpora": {k: list(v) for k, v in corpora.items()}, "vocab_size": vocab_size,
+            "actual_vocab_size": tok.get_vocab_size(), "min_frequency": min_frequency, "balance": balance,
+            "max_chars_per_language": max_chars_per_language, "seed": seed,
+            "chars_per_language": {k: sum(map(len, v)) for k, v in sample.items()}}
+    return save(tok, out_dir, model_max_length=model_max_length, metadata=meta)

@@ -1,0 +1,322 @@
+"""The trainer's data entry point: deterministic, resumable, host-sharded, single-task batches.
+
+    it = make_batch_iterator("multitask_de", split="train", batch_size=global_batch // jax.process_count(),
+                             seed=0, sequence_lengths={"query": 64, "passage": 256, "negatives": 256},
+                             shard_index=jax.process_index(), num_shards=jax.process_count())
+    batch = next(it)                  # dict of numpy arrays + "task" and "task_type" strings
+    state = it.get_state()            # JSON-serialisable; save it with the checkpoint
+    it.set_state(state)               # the next batches equal those of the uninterrupted run
+
+Batch contract (int32 unless noted; masks 1 on real tokens, 0 on padding; every sequence ``<s> ... </s>``
+followed by ``<pad>`` (id 1); arrays always have the configured shapes, so the trainer compiles once per type):
+
+* ``mlm``: ``input_ids``, ``attention_mask``, ``segment_ids`` [B, L] (packed pieces numbered 1..k per row,
+  0 = padding), ``targets`` [B, L] (original ids), ``loss_weights`` [B, L] float32 (1.0 on every selected
+  position: masked, randomly replaced and unchanged alike). ``L = sequence_lengths["text"]``.
+* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp].
+* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln].
+* ``sts``: ``a_ids``, ``a_mask``, ``b_ids``, ``b_mask`` [B, La=Lb]; ``score`` [B] float32.
+
+Semantics:
+
+* Every batch comes from ONE task. At step ``t`` the task is drawn with probability proportional to its rate
+  from a generator seeded by ``(seed, t)`` only, so every host draws the same task at the same step (the global
+  batch is single-task) and a restored iterator draws the same tasks as an uninterrupted one.
+* Each task is read as a sequence of epochs; epoch ``e`` is the task's examples in a seeded random order
+  (file order and a 10k-example shuffle buffer, seeds from ``(seed, task name, e)``), restarted when exhausted.
+  The position is ``(epoch, examples consumed, piece)`` per task; a restore re-opens the epoch and skips the
+  consumed examples (cost: re-reading and re-tokenising them once, a few seconds per million short rows).
+* Host sharding: with ``num_shards`` hosts, host ``shard_index`` reads a disjoint part (whole files when a split
+  has at least ``num_shards`` files, else every ``num_shards``-th row); together the hosts cover the data.
+* MLM masking uses a generator seeded by ``(seed, step, shard_index)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import zlib
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from tasks import mixtures, mlm
+from tasks import preprocessors as pp
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "bilingual.batching/1"
+
+
+def _seed(*parts: int | str) -> int:
+    """A 32-bit seed derived from ints and strings (strings via CRC32, stable across runs and hosts)."""
+    ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0])
+
+
+def _rows(value) -> list[np.ndarray]:
+    """Rows of a ragged value from ``as_numpy_iterator`` (RaggedTensorValue or nested list)."""
+    if hasattr(value, "to_list"):
+        value = value.to_list()
+    return [np.asarray(r, np.int32) for r in value]
+
+
+def pad_to(rows: list[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads 1-D id arrays (each at most ``length`` long) -> ids, mask [len(rows), length] int32."""
+    ids = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"sequence of {len(row)} tokens exceeds {length}")
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+class TaskStream:
+    """Examples of one task on one host, epoch after epoch, with a saveable position.
+
+    ``peek()`` returns the current example without consuming it; ``advance()`` consumes it. For MLM, the
+    current document's pieces are consumed one by one (``piece`` is part of the position).
+    """
+
+    def __init__(self, task: seqio.Task, split: str, seed: int, shard_info: seqio.ShardInfo | None,
+                 sequence_lengths: Mapping[str, int], *, shuffle: bool = True, num_epochs: int | None = None):
+        self.task, self.split, self.seed, self.shard_info = task, split, seed, shard_info
+        self.lengths, self.shuffle, self.num_epochs = dict(sequence_lengths), shuffle, num_epochs
+        self.epoch, self.consumed, self.piece = 0, 0, 0
+        self._iterator: Iterator | None = None
+        self._current = None
+        self._pieces = None
+
+    # position -------------------------------------------------------------------------------------------
+    def get_state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "piece": self.piece}
+
+    def set_state(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.consumed, self.piece = int(state["epoch"]), int(state["consumed"]), int(state["piece"])
+        self._iterator, self._current, self._pieces = None, None, None
+
+    # reading --------------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        ds = self.task.get_dataset(
+            sequence_length=self.lengths, split=self.split, shuffle=self.shuffle,
+            seed=_seed(self.seed, self.task.name, self.epoch), shard_info=self.shard_info, num_epochs=1,
+            use_cached=False, trim_output_features=False, try_in_mem_cache=False)
+        if self.consumed:
+            ds = ds.skip(self.consumed)
+        self._iterator = ds.as_numpy_iterator()
+
+    def peek(self) -> dict[str, Any]:
+        if self._current is None:
+            if self._iterator is None:
+                self._open()
+            try:
+                self._current = next(self._iterator)
+            except StopIteration:
+                if self.consumed == 0:
+                    raise ValueError(f"task {self.task.name!r} split {self.split!r} yields no examples"
+                                     f"{'' if self.shard_info is None else f' on shard {self.shard_info}'}")
+                if self.num_epochs is not None and self.epoch + 1 >= self.num_epochs:
+                    raise
+                self.epoch, self.consumed, self.piece, self._iterator = self.epoch + 1, 0, 0, None
+                return self.peek()
+        return self._current
+
+    def advance(self) -> None:
+        self.peek()
+        self._current, self._pieces = None, None
+        self.consumed, self.piece = self.consumed + 1, 0
+
+    # MLM pieces -----------------------------------------------------------------------------------------
+    def peek_piece(self, row_length: int, bos: int, eos: int) -> np.ndarray:
+        """The current piece ``<s> chunk </s>`` of the current document (empty documents are skipped)."""
+        while True:
+            if self._pieces is None:
+                self._pieces = mlm.split_document(self.peek()["text"], row_length, bos, eos)
+            if self.piece < len(self._pieces):
+                return self._pieces[self.piece]
+            self.advance()
+
+    def advance_piece(self) -> None:
+        self.piece += 1
+        if self._pieces is not None and self.piece >= len(self._pieces):
+            self.advance()
+
+
+class BatchIterator:
+    """Single-task batches from a task or mixture; see the module docstring. Build with ``make_batch_iterator``."""
+
+    def __init__(self, name: str, tasks: list[seqio.Task], rates: np.ndarray, *, split: str, batch_size: int,
+                 seed: int, sequence_lengths: Mapping[str, int], shard_index: int, num_shards: int,
+                 shuffle: bool, num_epochs: int | None, mlm_rate: float):
+        self.name, self.tasks, self.split = name, tasks, split
+        self.probabilities = rates / rates.sum()
+        self.batch_size, self.seed, self.lengths = batch_size, seed, dict(sequence_lengths)
+        self.shard_index, self.num_shards = shard_index, num_shards
+        self.shuffle, self.num_epochs, self.mlm_rate = shuffle, num_epochs, mlm_rate
+        self.task_types = {t.name: pp.task_type_of(t.output_features) for t in tasks}
+        self.step = 0
+        self._streams: dict[str, TaskStream] = {}
+        self._saved_positions: dict[str, dict] = {}
+
+    # state ----------------------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "name": self.name, "split": self.split, "seed": self.seed,
+                "batch_size": self.batch_size, "shard_index": self.shard_index, "num_shards": self.num_shards,
+                "sequence_lengths": dict(sorted(self.lengths.items()))}
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable position: the step and each task's (epoch, consumed, piece)."""
+        positions = dict(self._saved_positions)
+        positions.update({name: s.get_state() for name, s in self._streams.items()})
+        return {**self._identity(), "step": self.step, "tasks": dict(sorted(positions.items()))}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores a ``get_state`` result; the identity (name, seed, shards, batch size, ...) must match."""
+        state = json.loads(json.dumps(state))  # accept anything JSON round-trips to (e.g. from orbax)
+        identity = self._identity()
+        mismatched = {k: (state.get(k), v) for k, v in identity.items() if state.get(k) != v}
+        if mismatched:
+            raise ValueError(f"data iterator state does not match this iterator: {mismatched} (saved, current)")
+        unknown = set(state["tasks"]) - set(self.task_types)
+        if unknown:
+            raise ValueError(f"data iterator state names tasks {sorted(unknown)} not in {self.name!r}")
+        self.step = int(state["step"])
+        self._streams = {}
+        self._saved_positions = copy.deepcopy(state["tasks"])
+
+    # batches --------------------------------------------------------------------------------------------
+    def _stream(self, task: seqio.Task) -> TaskStream:
+        if task.name not in self._streams:
+            shard = seqio.ShardInfo(self.shard_index, self.num_shards) if self.num_shards > 1 else None
+            stream = TaskStream(task, self.split, self.seed, shard, self.lengths, shuffle=self.shuffle,
+                                num_epochs=self.num_epochs)
+            if task.name in self._saved_positions:
+                stream.set_state(self._saved_positions.pop(task.name))
+            self._streams[task.name] = stream
+        return self._streams[task.name]
+
+    def task_for_step(self, step: int) -> seqio.Task:
+        """The task of batch ``step`` (the same on every host)."""
+        rng = np.random.default_rng([self.seed, step, 0])
+        return self.tasks[int(rng.choice(len(self.tasks), p=self.probabilities))]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        task = self.task_for_step(self.step)
+        task_type = self.task_types[task.name]
+        stream = self._stream(task)
+        vocab = next(iter(task.output_features.values())).vocabulary
+        if task_type == "mlm":
+            rng = np.random.default_rng([self.seed, self.step, 1, self.shard_index])
+            batch = self._mlm_batch(stream, vocab, rng)
+        else:
+            batch = self._tuple_batch(stream, task_type, vocab)
+        self.step += 1
+        batch["task"], batch["task_type"] = task.name, task_type
+        return batch
+
+    def _mlm_batch(self, stream: TaskStream, vocab, rng: np.random.Generator) -> dict[str, Any]:
+        length = self.lengths["text"]
+        rows: list[list[np.ndarray]] = []
+        for _ in range(self.batch_size):
+            row, used = [], 0
+            while True:
+                piece = stream.peek_piece(length, vocab.bos_id, vocab.eos_id)
+                if used + len(piece) > length:
+                    break
+                row.append(piece)
+                used += len(piece)
+                stream.advance_piece()
+            rows.append(row)
+        ids, segments = mlm.pack_rows(rows, length, vocab.pad_id)
+        masked = mlm.whole_word_mask(ids, vocab.word_start, rng, rate=self.mlm_rate, mask_id=vocab.mask_id,
+                                     num_special=vocab.num_special_tokens, vocab_size=vocab.vocab_size)
+        return {"input_ids": masked["input_ids"], "attention_mask": (segments > 0).astype(np.int32),
+                "segment_ids": segments, "targets": masked["targets"], "loss_weights": masked["loss_weights"]}
+
+    def _tuple_batch(self, stream: TaskStream, task_type: str, vocab) -> dict[str, Any]:
+        examples = []
+        for _ in range(self.batch_size):
+            examples.append(stream.peek())
+            stream.advance()
+        pad = vocab.pad_id
+        batch: dict[str, Any] = {}
+        if task_type in ("pairs", "retrieval"):
+            batch["query_ids"], batch["query_mask"] = pad_to([e["query"] for e in examples], self.lengths["query"],
+                                                             pad)
+            batch["passage_ids"], batch["passage_mask"] = pad_to([e["passage"] for e in examples],
+                                                                 self.lengths["passage"], pad)
+        if task_type == "retrieval":
+            negatives = [_rows(e["negatives"]) for e in examples]
+            m = len(negatives[0])
+            if any(len(n) != m for n in negatives):
+                raise ValueError(f"task {stream.task.name!r}: examples carry different numbers of negatives")
+            ids, mask = pad_to([r for n in negatives for r in n], self.lengths["negatives"], pad)
+            batch["negative_ids"] = ids.reshape(len(examples), m, -1)
+            batch["negative_mask"] = mask.reshape(len(examples), m, -1)
+        if task_type == "sts":
+            if self.lengths["a"] != self.lengths["b"]:
+                raise ValueError("sts batches use one length: set sequence_lengths['a'] == sequence_lengths['b']")
+            batch["a_ids"], batch["a_mask"] = pad_to([e["a"] for e in examples], self.lengths["a"], pad)
+            batch["b_ids"], batch["b_mask"] = pad_to([e["b"] for e in examples], self.lengths["b"], pad)
+            batch["score"] = np.array([e["score"] for e in examples], np.float32)
+        return batch
+
+
+def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, seed: int = 0, *,
+                        sequence_lengths: Mapping[str, int] | None = None, shard_index: int = 0,
+                        num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,
+                        num_epochs: int | None = None, mlm_rate: float = 0.3) -> BatchIterator:
+    """Batches of a registered task or mixture for one host.
+
+    Args:
+      name: a ``seqio`` task or mixture name (e.g. ``"mlm_de_en"``; register the demo ones with
+        ``tasks.demo.register_demo_tasks(tokenizer_dir)``).
+      split: the split to read (``"train"``).
+      batch_size: the HOST-LOCAL batch: ``global_batch // jax.process_count()``.
+      seed: fixes the task sequence, the data order and the MLM masks.
+      sequence_lengths: ``text`` (MLM row length), ``query``, ``passage``, ``negatives``, ``a``, ``b``;
+        missing keys take ``tasks.preprocessors.DEFAULT_SEQUENCE_LENGTHS``.
+      shard_index, num_shards: this host's shard (``jax.process_index()``, ``jax.process_count()``).
+      rates: optional task -> rate overriding the mixture's rates (tasks not named get rate 0).
+      shuffle: shuffle each epoch (seeded). ``False`` reads in file order (evaluation, debugging).
+      num_epochs: ``None`` repeats forever; otherwise ``StopIteration`` once a task runs out.
+      mlm_rate: fraction of tokens selected for MLM (TRAINING.md: 0.3).
+
+    Returns:
+      A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``).
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
+    mixture = mixtures.get(name)
+    if mixture is not None:
+        tasks = [seqio.get_mixture_or_task(t) for t in mixture.tasks]
+        task_rates = mixture.task_rates(split)
+    else:
+        provider = seqio.get_mixture_or_task(name)
+        if isinstance(provider, seqio.Mixture):  # a seqio mixture of same-type tasks also works
+            tasks = list(provider.tasks)
+            task_rates = {t.name: float(provider.get_rate(t)) for t in tasks}
+        else:
+            tasks, task_rates = [provider], {provider.name: 1.0}
+    if rates is not None:
+        unknown = set(rates) - set(task_rates)
+        if unknown:
+            raise ValueError(f"rates name tasks {sorted(unknown)} that are not in {name!r} ({sorted(task_rates)})")
+        task_rates = {t: float(rates.get(t, 0.0)) for t in task_rates}
+    values = np.array([task_rates[t.name] for t in tasks], np.float64)
+    if (values < 0).any() or values.sum() <= 0:
+        raise ValueError(f"rates of {name!r} must be >= 0 with a positive sum, got {task_rates}")
+    log.info("batches of %r: rates %s", name, {t: round(r / values.sum(), 4) for t, r in task_rates.items()})
+    return BatchIterator(name, tasks, values, split=split, batch_size=batch_size, seed=seed,
+                         sequence_lengths=lengths, shard_index=shard_index, num_shards=num_shards, shuffle=shuffle,
+                         num_epochs=num_epochs, mlm_rate=mlm_rate)

@@ -1,0 +1,73 @@
+"""Mixtures for single-task batches: a name, its tasks, and how often each task supplies a batch.
+
+seqio's own ``Mixture`` mixes *examples* and requires every task to have the same features, so a multi-task
+mixture of retrieval and STS tasks cannot be a seqio mixture. Ours is a small registry read by
+``tasks.batching.make_batch_iterator``, which draws one task per batch with probability proportional to its rate.
+
+    register_mixture("multitask_de", ["retrieval_de", "sts_de"])                 # rates by size
+    register_mixture("mlm_de_en", {"mlm_en": 1.0, "mlm_de": 1.0})                 # explicit rates
+    register_mixture("pairs_mix", ["a", "b"], rates="size", temperature=2.0)     # size ** (1/2)
+
+Rates ``"size"`` use ``task.num_input_examples("train")`` (counted once per task for file sources).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import gin
+import seqio
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    name: str
+    tasks: tuple[str, ...]
+    explicit_rates: Mapping[str, float] | None = None
+    rates: str = "size"
+    temperature: float = 1.0
+
+    def task_rates(self, split: str = "train") -> dict[str, float]:
+        """Task name -> rate (unnormalised)."""
+        if self.explicit_rates is not None:
+            return dict(self.explicit_rates)
+        if self.rates == "equal":
+            return {t: 1.0 for t in self.tasks}
+        out = {}
+        for t in self.tasks:
+            n = seqio.get_mixture_or_task(t).num_input_examples(split)
+            if not n:
+                raise ValueError(f"mixture {self.name!r}: task {t!r} reports no size for split {split!r}; "
+                                 "give explicit rates")
+            out[t] = float(n) ** (1.0 / self.temperature)
+        return out
+
+
+MIXTURES: dict[str, Mixture] = {}
+
+
+@gin.configurable
+def register_mixture(name: str = gin.REQUIRED, tasks: Sequence[str] | Mapping[str, float] = gin.REQUIRED, *,
+                     rates: str = "size", temperature: float = 1.0) -> Mixture:
+    """Registers (or replaces) a mixture of already registered seqio tasks.
+
+    Args:
+      tasks: task names (rates from ``rates``) or task name -> explicit rate.
+      rates: ``"size"`` (train examples ** (1/temperature)) or ``"equal"``.
+    """
+    if rates not in ("size", "equal"):
+        raise ValueError(f"rates must be 'size' or 'equal', got {rates!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    names = tuple(tasks)
+    missing = [t for t in names if t not in seqio.TaskRegistry.names()]
+    if missing:
+        raise ValueError(f"mixture {name!r}: tasks {missing} are not registered")
+    explicit = {t: float(r) for t, r in tasks.items()} if isinstance(tasks, Mapping) else None
+    MIXTURES[name] = Mixture(name, names, explicit, rates, temperature)
+    return MIXTURES[name]
+
+
+def get(name: str) -> Mixture | None:
+    return MIXTURES.get(name)

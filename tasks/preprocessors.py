@@ -1,0 +1,109 @@
+"""tf.data preprocessors and output features of the four task types (run per example, on the host CPU).
+
+After these, an example holds int32 token ids (and a float32 ``score`` for STS):
+
+* mlm: ``text`` [n] -- the document's ids, *without* ``<s>``/``</s>`` and untruncated; the batcher cuts long
+  documents into pieces, frames each piece ``<s> ... </s>``, packs them into rows and masks them
+  (``tasks.mlm``).
+* pairs: ``query`` [<= Lq], ``passage`` [<= Lp], each ``<s> ... </s>`` and truncated to the configured length
+  (the ``</s>`` is kept: the text is cut, not the frame).
+* retrieval: as pairs plus ``negatives`` [m, (<= Ln)] (ragged).
+* sts: ``a``, ``b`` framed and truncated like pairs, ``score`` float32 scalar.
+
+``sequence_length`` keys: ``query``, ``passage``, ``negatives``, ``a``, ``b`` (and ``text`` for MLM, used by
+the batcher as the packed row length). ``DEFAULT_SEQUENCE_LENGTHS`` fills any key left out.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+TASK_TYPES = ("mlm", "pairs", "retrieval", "sts")
+TEXT_FEATURES = {"mlm": ("text",), "pairs": ("query", "passage"), "retrieval": ("query", "passage", "negatives"),
+                 "sts": ("a", "b")}
+DEFAULT_SEQUENCE_LENGTHS = {"text": 512, "query": 128, "passage": 512, "negatives": 512, "a": 128, "b": 128}
+
+
+def output_features(task_type: str, vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+    """The seqio features of a task type; the keys also identify the type (``task_type_of``)."""
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
+    ids = lambda rank=1: seqio.Feature(vocabulary, add_eos=False, required=True, dtype=tf.int32, rank=rank)  # noqa: E731
+    features = {name: ids(2 if name == "negatives" else 1) for name in TEXT_FEATURES[task_type]}
+    if task_type == "sts":
+        features["score"] = seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, required=True,
+                                          dtype=tf.float32, rank=0)
+    return features
+
+
+def task_type_of(features: Mapping[str, seqio.Feature]) -> str:
+    """Inverse of ``output_features``: the task type from a task's feature names."""
+    keys = set(features)
+    for task_type in TASK_TYPES:
+        expected = set(TEXT_FEATURES[task_type]) | ({"score"} if task_type == "sts" else set())
+        if keys == expected:
+            return task_type
+    raise ValueError(f"features {sorted(keys)} match no task type {TASK_TYPES}")
+
+
+def sequence_lengths_with_defaults(sequence_length: Mapping[str, int] | None) -> dict[str, int]:
+    lengths = dict(DEFAULT_SEQUENCE_LENGTHS)
+    for key, value in (sequence_length or {}).items():
+        if key not in lengths:
+            raise ValueError(f"unknown sequence_lengths key {key!r}; known: {sorted(lengths)}")
+        if not isinstance(value, int) or value < 3:
+            raise ValueError(f"sequence_lengths[{key!r}] must be an int >= 3 (<s>, a token, </s>), got {value!r}")
+        lengths[key] = value
+    return lengths
+
+
+def _frame(ids, length: int, bos: int, eos: int):
+    """``<s> ids[:length-2] </s>`` for a 1-D tensor or each row of a 2-D ragged tensor."""
+    if isinstance(ids, tf.RaggedTensor):
+        ids = ids[:, : length - 2]
+        rows = ids.nrows()
+        col = lambda v: tf.RaggedTensor.from_tensor(tf.fill([rows, 1], tf.constant(v, ids.dtype)))  # noqa: E731
+        return tf.concat([col(bos), ids, col(eos)], axis=1)
+    ids = ids[: length - 2]
+    return tf.concat([[bos], ids, [eos]], axis=0)
+
+
+def tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
+             sequence_length: Mapping[str, int] | None = None) -> tf.data.Dataset:
+    """Tokenises every text feature; frames and truncates all but MLM's ``text`` (see the module doc)."""
+    lengths = sequence_lengths_with_defaults(sequence_length)
+
+    def fn(example):
+        out = dict(example)
+        for name, feature in output_features.items():
+            if feature.dtype != tf.int32:
+                continue
+            vocab = feature.vocabulary
+            ids = tf.cast(vocab.encode_tf(example[name]), tf.int32)
+            out[name] = ids if name == "text" else _frame(ids, lengths[name], vocab.bos_id, vocab.eos_id)
+        return out
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def rename(dataset: tf.data.Dataset, mapping: Mapping[str, str]) -> tf.data.Dataset:
+    """Renames features (``{old: new}``) and drops the others: for TFDS or user datasets whose feature names
+    differ from ours, e.g. ``{"sentence1": "a", "sentence2": "b", "label": "score"}``."""
+    mapping = dict(mapping)
+
+    def fn(example):
+        missing = set(mapping) - set(example)
+        if missing:
+            raise KeyError(f"rename: features {sorted(missing)} not in {sorted(example)}")
+        return {new: example[old] for old, new in mapping.items()}
+
+    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def cast_score(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """STS ``score`` to float32 (TFDS sets often store it as float64 or int)."""
+    return dataset.map(lambda ex: {**ex, "score": tf.cast(ex["score"], tf.float32)},
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
