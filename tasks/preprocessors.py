@@ -72,21 +72,33 @@ def _frame(ids, length: int, bos: int, eos: int):
 
 
 def tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
-             sequence_length: Mapping[str, int] | None = None) -> tf.data.Dataset:
-    """Tokenises every text feature; frames and truncates all but MLM's ``text`` (see the module doc)."""
+             sequence_length: Mapping[str, int] | None = None, batch_size: int = 256) -> tf.data.Dataset:
+    """Tokenises every text feature; frames and truncates all but MLM's ``text`` (see the module doc).
+
+    Examples are tokenised ``batch_size`` at a time (one call into the Rust tokenizer per batch, which is
+    several times faster than one per example) and unbatched again; order and content are unchanged.
+    """
     lengths = sequence_lengths_with_defaults(sequence_length)
 
-    def fn(example):
-        out = dict(example)
+    @tf.autograph.experimental.do_not_convert  # no tensor-dependent Python control flow; tracing is faster
+    def fn(batch):
+        out = dict(batch)
         for name, feature in output_features.items():
             if feature.dtype != tf.int32:
                 continue
             vocab = feature.vocabulary
-            ids = tf.cast(vocab.encode_tf(example[name]), tf.int32)
-            out[name] = ids if name == "text" else _frame(ids, lengths[name], vocab.bos_id, vocab.eos_id)
+            texts = batch[name]
+            nested = isinstance(texts, tf.RaggedTensor)  # negatives: [b, (m)] strings
+            flat = texts.flat_values if nested else texts
+            ids = vocab.encode_tf(flat)
+            ids = tf.RaggedTensor.from_row_lengths(tf.cast(ids.flat_values, tf.int32), ids.row_lengths())
+            if name != "text":
+                ids = _frame(ids, lengths[name], vocab.bos_id, vocab.eos_id)
+            out[name] = tf.RaggedTensor.from_row_lengths(ids, texts.row_lengths()) if nested else ids
         return out
 
-    return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batched = dataset.ragged_batch(batch_size).map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return batched.unbatch()
 
 
 def rename(dataset: tf.data.Dataset, mapping: Mapping[str, str]) -> tf.data.Dataset:

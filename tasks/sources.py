@@ -278,12 +278,28 @@ class FileSource(seqio.DataSource):
         if shard_info is not None:
             files = files[shard_info.index::shard_info.num_shards]
         parser, on_error, signature = self.parser, self.on_error, output_signature(self.kind)
+        chunk = 512  # rows per Python -> TF hand-over; from_generator costs ~0.2 ms per element, so batch it
+
+        def columns(rows):
+            out = {}
+            for key, spec in signature.items():
+                values = [r[key] for r in rows]
+                out[key] = np.array(values, np.float32 if spec.dtype == tf.float32 else object)
+            return out
 
         def generate():
+            rows = []
             for path in files:
-                yield from parser.rows(path, on_error)
+                for row in parser.rows(path, on_error):
+                    rows.append(row)
+                    if len(rows) == chunk:
+                        yield columns(rows)
+                        rows = []
+            if rows:
+                yield columns(rows)
 
-        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+        batched = {k: tf.TensorSpec([None, *v.shape], v.dtype) for k, v in signature.items()}
+        return tf.data.Dataset.from_generator(generate, output_signature=batched).unbatch()
 
     def __repr__(self) -> str:
         return f"FileSource({self.kind}, {self._patterns}, on_error={self.on_error!r})"

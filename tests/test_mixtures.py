@@ -1,0 +1,160 @@
+"""Single-task batches, task frequencies, restore-then-continue, and host sharding of the batch iterator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bilingual import tokenizer as bpe
+from tasks import batching, demo, mixtures, registry
+from tests.data_helpers import demo_tokenizer_dir, write
+
+
+@pytest.fixture(scope="module")
+def tok_dir():
+    path = demo_tokenizer_dir()
+    demo.register_demo_tasks(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return bpe.load(tok_dir)
+
+
+def decode_rows(tok, ids):
+    return [tok.decode(row.tolist(), skip_special_tokens=True) for row in ids]
+
+
+@pytest.fixture(scope="module")
+def tagged_tasks(tok_dir, tmp_path_factory):
+    """Three STS tasks whose sentences are tagged with the task's letter; sizes 300, 600, 900."""
+    d = tmp_path_factory.mktemp("tagged")
+    names = {}
+    for tag, n in (("x", 300), ("y", 600), ("z", 900)):
+        rows = "".join(f"{tag} {i}\t{tag} zwei {i}\t{i % 6}\n" for i in range(n))
+        path = write(d / f"{tag}.tsv", "sentence1\tsentence2\tscore\n" + rows)
+        registry.register_sts_task(f"tag_{tag}", path, tok_dir)
+        names[tag] = f"tag_{tag}"
+    mixtures.register_mixture("tagged_by_size", list(names.values()))
+    return names
+
+
+def test_every_batch_from_one_task_and_frequencies(tok, tagged_tasks):
+    it = batching.make_batch_iterator("tagged_by_size", batch_size=1, seed=7, sequence_lengths={"a": 8, "b": 8})
+    counts = {t: 0 for t in tagged_tasks}
+    for _ in range(2000):
+        b = next(it)
+        tag = decode_rows(tok, b["a_ids"])[0].split()[0]
+        assert b["task"] == tagged_tasks[tag] and b["task_type"] == "sts"
+        counts[tag] += 1
+    expected = {"x": 1 / 6, "y": 2 / 6, "z": 3 / 6}  # proportional to size by default
+    for tag, p in expected.items():
+        assert abs(counts[tag] / 2000 - p) < 3.5 * np.sqrt(p * (1 - p) / 2000), counts
+
+
+def test_batches_never_mix_tasks(tok, tagged_tasks):
+    it = batching.make_batch_iterator("tagged_by_size", batch_size=16, seed=1, sequence_lengths={"a": 8, "b": 8},
+                                      rates={"tag_x": 1.0, "tag_y": 1.0, "tag_z": 1.0})
+    seen = set()
+    for _ in range(40):
+        b = next(it)
+        tags = {s.split()[0] for s in decode_rows(tok, b["a_ids"]) + decode_rows(tok, b["b_ids"])}
+        assert tags == {b["task"][-1]}, (tags, b["task"])
+        seen.add(b["task"])
+    assert seen == set(tagged_tasks.values())
+
+
+def test_explicit_rates_and_zero_rate(tagged_tasks):
+    it = batching.make_batch_iterator("tagged_by_size", batch_size=1, rates={"tag_x": 3.0, "tag_y": 1.0})
+    picks = [it.task_for_step(s).name for s in range(2000)]
+    assert "tag_z" not in picks
+    assert abs(picks.count("tag_x") / 2000 - 0.75) < 3.5 * np.sqrt(0.75 * 0.25 / 2000)
+    with pytest.raises(ValueError, match="not in"):
+        batching.make_batch_iterator("tagged_by_size", rates={"tag_q": 1.0})
+
+
+def assert_batches_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], str):
+            assert a[k] == b[k]
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_restore_then_continue_equals_uninterrupted(tok_dir):
+    # an MLM task (pieces of long documents), a retrieval and an STS task; a tiny epoch so restores cross one
+    mixtures.register_mixture("restore_mix", {"mlm_de": 2.0, "retrieval_de": 1.0, "tag_x": 1.0})
+    # with seed 3 the draws are mlm_de x4, tag_x, mlm_de x2, retrieval_de, ...: cut 2 stops inside a document,
+    # cut 7 with three tasks part-way through
+    kwargs = dict(batch_size=4, seed=3, sequence_lengths={"text": 48, "query": 16, "passage": 32,
+                                                          "negatives": 32, "a": 8, "b": 8})
+    reference = batching.make_batch_iterator("restore_mix", **kwargs)
+    batches = [next(reference) for _ in range(14)]
+    resumed_any_piece = False
+    for cut in (2, 7):
+        it = batching.make_batch_iterator("restore_mix", **kwargs)
+        for _ in range(cut):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))  # what a checkpoint would store
+        resumed_any_piece |= state["tasks"].get("mlm_de", {}).get("piece", 0) > 0
+        fresh = batching.make_batch_iterator("restore_mix", **kwargs)
+        fresh.set_state(state)
+        for k in range(cut, 14):
+            assert_batches_equal(next(fresh), batches[k])
+    assert resumed_any_piece, "the test should resume in the middle of a document"
+    assert {b["task"] for b in batches} == {"mlm_de", "retrieval_de", "tag_x"}
+
+
+def test_restore_across_epochs(tok_dir, tmp_path):
+    path = write(tmp_path / "p.tsv", "q\tp\n" + "".join(f"frage {i}\tantwort {i}\n" for i in range(10)))
+    registry.register_pairs_task("ten_pairs", path, tok_dir)
+    kwargs = dict(batch_size=3, seed=5, sequence_lengths={"query": 8, "passage": 8})
+    reference = batching.make_batch_iterator("ten_pairs", **kwargs)
+    batches = [next(reference) for _ in range(12)]  # 36 examples = 3.6 epochs
+    assert reference.get_state()["tasks"]["ten_pairs"]["epoch"] == 3
+    epoch0 = np.concatenate([b["query_ids"] for b in batches[:3]])[:9]
+    epoch1 = np.concatenate([b["query_ids"] for b in batches[3:7]])[1:10]
+    assert not np.array_equal(epoch0, epoch1[:9]), "each epoch has its own order"
+    it = batching.make_batch_iterator("ten_pairs", **kwargs)
+    for _ in range(5):
+        next(it)
+    fresh = batching.make_batch_iterator("ten_pairs", **kwargs)
+    fresh.set_state(it.get_state())
+    for k in range(5, 12):
+        assert_batches_equal(next(fresh), batches[k])
+
+
+def test_state_of_another_iterator_is_rejected(tok_dir):
+    it = batching.make_batch_iterator("sts_de", batch_size=2, seed=0)
+    other = batching.make_batch_iterator("sts_de", batch_size=2, seed=1)
+    with pytest.raises(ValueError, match="seed"):
+        other.set_state(it.get_state())
+
+
+@pytest.mark.parametrize("num_files", [1, 4], ids=["rows", "files"])
+def test_two_hosts_read_disjoint_shards_that_cover_the_data(tok, tok_dir, tmp_path, num_files):
+    rows = [f"frage {i}" for i in range(37)]
+    for f in range(num_files):
+        write(tmp_path / f"part-{f}.tsv", "q\tp\n" + "".join(f"{q}\tantwort\n" for q in rows[f::num_files]))
+    registry.register_pairs_task("sharded_pairs", str(tmp_path / "part-*.tsv"), tok_dir)
+    mixtures.register_mixture("sharded_mix", {"sharded_pairs": 1.0, "sts_en": 1.0})
+    per_host = []
+    for host in range(2):
+        it = batching.make_batch_iterator("sharded_pairs", batch_size=1, seed=0, shard_index=host, num_shards=2,
+                                          num_epochs=1, sequence_lengths={"query": 8, "passage": 8})
+        seen = []
+        with pytest.raises(StopIteration):
+            while True:
+                seen.extend(decode_rows(tok, next(it)["query_ids"]))
+        per_host.append(seen)
+    assert set(per_host[0]).isdisjoint(per_host[1])
+    assert sorted(per_host[0] + per_host[1]) == sorted(rows)
+    assert min(map(len, per_host)) >= 37 // 2 - (9 if num_files == 4 else 0)
+    # the task drawn at each step is the same on both hosts (the global batch stays single-task)
+    hosts = [batching.make_batch_iterator("sharded_mix", batch_size=1, shard_index=h, num_shards=2) for h in (0, 1)]
+    assert [hosts[0].task_for_step(s).name for s in range(200)] == [hosts[1].task_for_step(s).name
+                                                                   for s in range(200)]
