@@ -88,7 +88,9 @@ def tokenize(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Featu
                 continue
             vocab = feature.vocabulary
             texts = batch[name]
-            nested = isinstance(texts, tf.RaggedTensor)  # negatives: [b, (m)] strings
+            if feature.rank == 2 and not isinstance(texts, tf.RaggedTensor):
+                texts = tf.RaggedTensor.from_tensor(texts)  # negatives of a statically known count
+            nested = feature.rank == 2  # negatives: [b, (m)] strings
             flat = texts.flat_values if nested else texts
             ids = vocab.encode_tf(flat)
             ids = tf.RaggedTensor.from_row_lengths(tf.cast(ids.flat_values, tf.int32), ids.row_lengths())

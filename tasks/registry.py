@@ -20,7 +20,7 @@ import gin
 import seqio
 
 from tasks import preprocessors as pp
-from tasks.sources import FileSource, RowParser
+from tasks.sources import BeirSource, FileSource, RowParser
 from tasks.vocabulary import ByteLevelBPEVocabulary
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,20 @@ def register_sts_task(name: str = gin.REQUIRED, files=gin.REQUIRED, tokenizer=gi
 
 
 @gin.configurable
+def register_beir_task(name: str = gin.REQUIRED, corpus: str = gin.REQUIRED, queries: str = gin.REQUIRED,
+                       qrels: str = gin.REQUIRED, tokenizer=gin.REQUIRED, *, hard_negatives: str | None = None,
+                       num_negatives: int | None = None, include_title: bool = True,
+                       on_error: str = "raise") -> seqio.Task:
+    """A BEIR-layout set (train qrels) as a ``pairs`` task, or a ``retrieval`` task with ``hard_negatives``."""
+    files = {"corpus": corpus, "queries": queries, "qrels": qrels}
+    if hard_negatives:
+        files["hard_negatives"] = hard_negatives
+    source = BeirSource({"train": files}, include_title=include_title, num_negatives=num_negatives,
+                        on_error=on_error)
+    return register_task(name, source.kind, source, tokenizer)
+
+
+@gin.configurable
 def register_tfds_task(name: str = gin.REQUIRED, task_type: str = gin.REQUIRED, tfds_name: str = gin.REQUIRED,
                        tokenizer=gin.REQUIRED, *, feature_map: Mapping[str, str] = gin.REQUIRED,
                        tfds_data_dir: str | None = None, splits=None) -> seqio.Task:
@@ -122,3 +136,25 @@ def register_tfds_task(name: str = gin.REQUIRED, task_type: str = gin.REQUIRED, 
     if task_type == "sts":
         extra.append(pp.cast_score)
     return register_task(name, task_type, source, tokenizer, extra_preprocessors=extra)
+
+
+@gin.configurable
+def register_data(tasks: Sequence[seqio.Task] = (), mixtures: Mapping[str, Mapping[str, float] | Sequence[str]]
+                  | None = None, demo_tokenizer: str | None = None) -> list[str]:
+    """Gin entry point for a run's data; returns the registered names.
+
+    Args:
+      tasks: evaluated references such as ``@pairs_mine/register_pairs_task()`` (gin calls them first).
+      mixtures: mixture name -> {task: rate} (explicit rates) or [tasks] (rates by size); registered after the
+        tasks.
+      demo_tokenizer: if set, also register the bundled demo tasks and mixtures with this tokenizer.
+    """
+    from tasks import demo, mixtures as mixtures_lib
+
+    names = [t.name for t in tasks]
+    if demo_tokenizer:
+        names += demo.register_demo_tasks(demo_tokenizer)
+    for name, spec in (mixtures or {}).items():
+        mixtures_lib.register_mixture(name, spec)
+        names.append(name)
+    return names

@@ -310,3 +310,120 @@ def file_source(kind: str, files: str | Sequence[str] | Mapping[str, str | Seque
     """Shorthand: ``files`` is a pattern/list (used as the ``train`` split) or a split -> patterns mapping."""
     splits = files if isinstance(files, Mapping) else {"train": files}
     return FileSource(splits, RowParser(kind, **parser_kwargs), on_error=on_error)
+
+
+class BeirSource(seqio.DataSource):
+    """A BEIR-layout retrieval set as (query, passage) pairs, or as retrieval tuples with hard negatives.
+
+    Files (``tf.io.gfile`` paths): ``corpus`` JSONL ``{"_id", "title", "text"}``, ``queries`` JSONL
+    ``{"_id", "text"}``, ``qrels`` TSV ``query-id\\tcorpus-id\\tscore`` with a header (rows with score <= 0
+    are not positives), and optionally ``hard_negatives`` JSONL ``{"query-id": ..., "negatives": [corpus ids]}``
+    (then the kind is ``retrieval`` and ``num_negatives`` of them are kept). The passage text is
+    ``title + " " + text`` when ``include_title`` (the BEIR convention). Corpus and queries are held in memory.
+    One example per positive qrels row; qrels naming an unknown query or document are errors with file:line.
+    """
+
+    def __init__(self, splits: Mapping[str, Mapping[str, str]], *, include_title: bool = True,
+                 num_negatives: int | None = None, on_error: str = "raise"):
+        super().__init__(splits=tuple(splits), caching_permitted=False)
+        self._files = {k: dict(v) for k, v in splits.items()}
+        for split, files in self._files.items():
+            missing = {"corpus", "queries", "qrels"} - set(files)
+            if missing:
+                raise ValueError(f"BEIR split {split!r} lacks {sorted(missing)}")
+        with_negatives = {bool(f.get("hard_negatives")) for f in self._files.values()}
+        if len(with_negatives) != 1:
+            raise ValueError("give hard_negatives for every split or for none")
+        self.kind = "retrieval" if with_negatives.pop() else "pairs"
+        if self.kind == "retrieval" and not num_negatives:
+            raise ValueError("hard_negatives needs num_negatives >= 1")
+        self.include_title, self.num_negatives, self.on_error = include_title, num_negatives, on_error
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return False
+
+    def list_shards(self, split: str) -> list[str]:
+        return [self._files[split]["qrels"]]
+
+    def _jsonl(self, path: str, key: str, fields: Sequence[str]) -> dict[str, Any]:
+        out = {}
+        with tf.io.gfile.GFile(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                where = f"{path}:{number}"
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+                for name in (key, *fields):
+                    if name not in record:
+                        raise DataError(f"{where}: key {name!r} missing")
+                out[str(record[key])] = record
+        return out
+
+    def rows(self, split: str) -> Iterator[dict[str, Any]]:
+        files = self._files[split]
+        corpus = self._jsonl(files["corpus"], "_id", ["text"])
+        queries = self._jsonl(files["queries"], "_id", ["text"])
+        negatives = ({str(r["query-id"]): r["negatives"] for r in
+                      self._jsonl(files["hard_negatives"], "query-id", ["negatives"]).values()}
+                     if self.kind == "retrieval" else {})
+
+        def passage(doc_id: str, where: str) -> str:
+            if doc_id not in corpus:
+                raise DataError(f"{where}: corpus id {doc_id!r} not in {files['corpus']}")
+            doc = corpus[doc_id]
+            text = f"{doc.get('title', '')} {doc['text']}".strip() if self.include_title else doc["text"]
+            if not str(text).strip():
+                raise DataError(f"{where}: document {doc_id!r} has empty text")
+            return text
+
+        skipped, first = 0, None
+        with tf.io.gfile.GFile(files["qrels"], "r") as f:
+            for number, line in enumerate(f, start=1):
+                if number == 1:
+                    continue  # header
+                where = f"{files['qrels']}:{number}"
+                try:
+                    cells = line.rstrip("\r\n").split("\t")
+                    if len(cells) < 3:
+                        raise DataError(f"{where}: expected query-id, corpus-id, score; got {len(cells)} columns")
+                    qid, did, score = cells[:3]
+                    try:
+                        if float(score) <= 0:
+                            continue
+                    except ValueError:
+                        raise DataError(f"{where}: score {score!r} is not a number") from None
+                    if qid not in queries:
+                        raise DataError(f"{where}: query id {qid!r} not in {files['queries']}")
+                    row = {"query": queries[qid]["text"], "passage": passage(did, where)}
+                    if self.kind == "retrieval":
+                        ids = [str(n) for n in negatives.get(qid, []) if str(n) != did]
+                        if len(ids) < self.num_negatives:
+                            raise DataError(f"{where}: query {qid!r} has {len(ids)} hard negatives in "
+                                            f"{files['hard_negatives']}, the task needs {self.num_negatives}")
+                        row["negatives"] = [passage(n, where) for n in ids[: self.num_negatives]]
+                except DataError as e:
+                    if self.on_error != "skip":
+                        raise
+                    skipped, first = skipped + 1, first or str(e)
+                    continue
+                yield row
+        if skipped:
+            log.warning("%s: skipped %d malformed row(s); first: %s", files["qrels"], skipped, first)
+            SKIPPED_ROWS[files["qrels"]] = SKIPPED_ROWS.get(files["qrels"], 0) + skipped
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
+                    num_epochs=1) -> tf.data.Dataset:
+        signature = output_signature(self.kind)
+        rows = list(self.rows(split))  # qrels are small next to the corpus; seqio shuffles/shards the rows
+        columns = {k: np.array([r[k] for r in rows], object) for k in signature}
+        if self.kind == "retrieval" and not rows:
+            columns["negatives"] = np.zeros((0, self.num_negatives), object)
+        return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in columns.items()})
+
+    def num_input_examples(self, split: str) -> int:
+        return sum(1 for _ in self.rows(split))

@@ -269,3 +269,66 @@ def test_tfds_source_with_local_builder(tmp_path, tok_dir, tok):
     got = sorted((tok.decode(a.tolist(), skip_special_tokens=True), float(s)) for a, s in zip(b["a_ids"], b["score"]))
     assert got == sorted((f"Satz Nummer {i}.", i / 2) for i in range(10))
     assert b["task_type"] == "sts" and b["score"].dtype == np.float32
+
+
+def test_beir_source_pairs_and_hard_negatives(tmp_path, tok_dir, tok):
+    corpus = write(tmp_path / "corpus.jsonl", "".join(
+        f'{{"_id": "d{i}", "title": "Titel {i}", "text": "Dokument {i}."}}\n' for i in range(5)))
+    queries = write(tmp_path / "queries.jsonl", "".join(f'{{"_id": "q{i}", "text": "Frage {i}?"}}\n'
+                                                        for i in range(3)))
+    qrels = write(tmp_path / "qrels-train.tsv", "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td3\t1\nq2\td4\t0\n")
+    negs = write(tmp_path / "negatives.jsonl", '{"query-id": "q0", "negatives": ["d0", "d1", "d2"]}\n'
+                                               '{"query-id": "q1", "negatives": ["d4", "d2"]}\n')
+    registry.register_beir_task("beir_pairs", corpus, queries, qrels, tok_dir)
+    b = next(batching.make_batch_iterator("beir_pairs", batch_size=2, shuffle=False))
+    assert b["task_type"] == "pairs"
+    got = [(tok.decode(q.tolist(), skip_special_tokens=True), tok.decode(p.tolist(), skip_special_tokens=True))
+           for q, p in zip(b["query_ids"], b["passage_ids"])]
+    assert got == [("Frage 0?", "Titel 0 Dokument 0."), ("Frage 1?", "Titel 3 Dokument 3.")]  # score 0 dropped
+    registry.register_beir_task("beir_retrieval", corpus, queries, qrels, tok_dir, hard_negatives=negs,
+                                num_negatives=2)
+    b = next(batching.make_batch_iterator("beir_retrieval", batch_size=2, shuffle=False,
+                                          sequence_lengths={"negatives": 16}))
+    negatives = [[tok.decode(n.tolist(), skip_special_tokens=True) for n in row] for row in b["negative_ids"]]
+    assert negatives == [["Titel 1 Dokument 1.", "Titel 2 Dokument 2."],  # the positive d0 is not a negative
+                         ["Titel 4 Dokument 4.", "Titel 2 Dokument 2."]]
+    bad = write(tmp_path / "qrels-bad.tsv", "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td9\t1\n")
+    with pytest.raises(sources.DataError, match=r"qrels-bad\.tsv:3: corpus id 'd9' not in"):
+        list(sources.BeirSource({"train": {"corpus": corpus, "queries": queries, "qrels": bad}}).rows("train"))
+
+
+def test_user_data_gin_template_registers_working_tasks(tmp_path, tok_dir, tok):
+    import gin
+
+    from tests.data_helpers import ROOT
+
+    for lang in ("de", "en"):
+        write(tmp_path / f"{lang}/a.txt", f"Ein Text auf {lang}.\nNoch ein Dokument.\n")
+    write(tmp_path / "pairs/p.tsv", "a\tb\nFrage\tAntwort\n")
+    write(tmp_path / "retrieval/r.tsv", "q\tp\tn1\tn2\tn3\n" + "Frage\tAntwort\tx\ty\tz\n" * 10)
+    write(tmp_path / "sts/de-train.tsv", "s1\ts2\tscore\n" + "A\tB\t3.5\n" * 10 + "kaputt\n")
+    text = (ROOT / "gin/data/user_data.gin").read_text().replace("/data/", f"{tmp_path}/")
+    gin.clear_config()
+    gin.parse_config([text, f'TOKENIZER = "{tok_dir}"'])
+    names = registry.register_data()
+    gin.clear_config()
+    assert names == ["mlm_de_mine", "mlm_en_mine", "pairs_de_mine", "retrieval_de_mine", "sts_de_mine",
+                     "mlm_de_en_mine", "multitask_de_mine"]
+    it = batching.make_batch_iterator("multitask_de_mine", batch_size=1, sequence_lengths={"negatives": 8})
+    types = [next(it)["task_type"] for _ in range(8)]
+    assert set(types) == {"retrieval", "sts"}  # rates by size: 10 rows each (the malformed STS row skipped)
+    assert it.tasks[0].num_input_examples("train") == it.tasks[1].num_input_examples("train") == 10
+    b = next(batching.make_batch_iterator("mlm_de_en_mine", batch_size=2, sequence_lengths={"text": 16}))
+    assert b["task"] in ("mlm_de_mine", "mlm_en_mine") and b["input_ids"].shape == (2, 16)
+
+
+def test_demo_gin_parses(tok_dir):
+    import gin
+
+    from tests.data_helpers import ROOT
+
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([str(ROOT / "gin/data/demo.gin")], [f'DEMO_TOKENIZER = "{tok_dir}"'])
+    names = registry.register_data()
+    gin.clear_config()
+    assert set(demo.TASKS + demo.MIXTURES) == set(names)
