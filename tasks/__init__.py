@@ -1,0 +1,8 @@
+"""Data for training: seqio vocabulary, sources, preprocessors, task registration, mixtures and batching.
+
+``vocabulary`` (seqio vocabulary over the byte-level BPE tokenizer), ``sources`` (validated TSV/JSONL/text
+and BEIR sources), ``preprocessors`` (tf.data tokenisation per task type), ``mlm`` (packing and whole-word
+masking), ``registry`` (registering tasks, gin entry points), ``mixtures`` (single-task-per-batch mixtures),
+``batching`` (``make_batch_iterator``: the trainer's entry point), ``demo`` (the bundled demo tasks) and
+``build_demo_data`` (rebuilds ``data/demo/train``).
+"""

@@ -301,6 +301,32 @@ class BatchIterator:
         return batch
 
 
+def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str, int] | None = None,
+                 num_negatives: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Key -> (shape, dtype) of the arrays in a batch of ``task_type`` (e.g. to lower/compile a step ahead of
+    time). ``num_negatives`` is required for retrieval (the task's registered count)."""
+    lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
+    i32, f32, b = np.dtype(np.int32), np.dtype(np.float32), batch_size
+    if task_type == "mlm":
+        L = lengths["text"]
+        return {"input_ids": ((b, L), i32), "attention_mask": ((b, L), i32), "segment_ids": ((b, L), i32),
+                "targets": ((b, L), i32), "loss_weights": ((b, L), f32)}
+    if task_type in ("pairs", "retrieval"):
+        out = {"query_ids": ((b, lengths["query"]), i32), "query_mask": ((b, lengths["query"]), i32),
+               "passage_ids": ((b, lengths["passage"]), i32), "passage_mask": ((b, lengths["passage"]), i32)}
+        if task_type == "retrieval":
+            if not num_negatives:
+                raise ValueError("retrieval batch shapes need num_negatives")
+            shape = (b, num_negatives, lengths["negatives"])
+            out.update(negative_ids=(shape, i32), negative_mask=(shape, i32))
+        return out
+    if task_type == "sts":
+        L = lengths["a"]
+        return {"a_ids": ((b, L), i32), "a_mask": ((b, L), i32), "b_ids": ((b, L), i32), "b_mask": ((b, L), i32),
+                "score": ((b,), f32)}
+    raise ValueError(f"unknown task type {task_type!r}; expected one of {pp.TASK_TYPES}")
+
+
 def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, seed: int = 0, *,
                         sequence_lengths: Mapping[str, int] | None = None, shard_index: int = 0,
                         num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,

@@ -332,3 +332,12 @@ def test_demo_gin_parses(tok_dir):
     names = registry.register_data()
     gin.clear_config()
     assert set(demo.TASKS + demo.MIXTURES) == set(names)
+
+
+@pytest.mark.parametrize("name,negatives", [("mlm_es", None), ("retrieval_es", 3)])
+def test_batches_match_declared_shapes(tok_dir, name, negatives):
+    it = batching.make_batch_iterator(name, batch_size=3, sequence_lengths=LENGTHS)
+    b = next(it)
+    declared = batching.batch_shapes(b["task_type"], 3, LENGTHS, num_negatives=negatives)
+    assert {k: (v.shape, v.dtype) for k, v in b.items() if k not in ("task", "task_type")} == declared
+    assert b["task_type"] == it.task_types[name]
