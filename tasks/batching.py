@@ -24,7 +24,8 @@ Semantics:
   batch is single-task) and a restored iterator draws the same tasks as an uninterrupted one.
 * Each task is read as a sequence of epochs; epoch ``e`` is the task's examples in a seeded random order
   (file order and a 10k-example shuffle buffer, seeds from ``(seed, task name, e)``), restarted when exhausted.
-  The position is ``(epoch, examples consumed, piece)`` per task; a restore re-opens the epoch and skips the
+  The position is ``(epoch, examples consumed, offset)`` per task (``offset``: tokens of the current MLM
+  document already packed); a restore re-opens the epoch and skips the
   consumed examples (cost: re-reading and re-tokenising them once, a few seconds per million short rows).
 * Host sharding: with ``num_shards`` hosts, host ``shard_index`` reads a disjoint part (whole files when a split
   has at least ``num_shards`` files, else every ``num_shards``-th row); together the hosts cover the data.
@@ -104,26 +105,25 @@ class TaskStream:
     """Examples of one task on one host, epoch after epoch, with a saveable position.
 
     ``peek()`` returns the current example without consuming it; ``advance()`` consumes it. For MLM, the
-    current document's pieces are consumed one by one (``piece`` is part of the position).
+    current document is consumed a piece at a time (its token ``offset`` is part of the position).
     """
 
     def __init__(self, task: seqio.Task, split: str, seed: int, shard_info: seqio.ShardInfo | None,
                  sequence_lengths: Mapping[str, int], *, shuffle: bool = True, num_epochs: int | None = None):
         self.task, self.split, self.seed, self.shard_info = task, split, seed, shard_info
         self.lengths, self.shuffle, self.num_epochs = dict(sequence_lengths), shuffle, num_epochs
-        self.epoch, self.consumed, self.piece = 0, 0, 0
+        self.epoch, self.consumed, self.offset = 0, 0, 0
         self._iterator: Iterator | None = None
         self._buffer: collections.deque = collections.deque()
         self._current = None
-        self._pieces = None
 
     # position -------------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "piece": self.piece}
+        return {"epoch": self.epoch, "consumed": self.consumed, "offset": self.offset}
 
     def set_state(self, state: Mapping[str, int]) -> None:
-        self.epoch, self.consumed, self.piece = int(state["epoch"]), int(state["consumed"]), int(state["piece"])
-        self._iterator, self._current, self._pieces = None, None, None
+        self.epoch, self.consumed, self.offset = int(state["epoch"]), int(state["consumed"]), int(state["offset"])
+        self._iterator, self._current = None, None
         self._buffer.clear()
 
     # reading --------------------------------------------------------------------------------------------
@@ -153,28 +153,27 @@ class TaskStream:
                                      f"{'' if self.shard_info is None else f' on shard {self.shard_info}'}")
                 if self.num_epochs is not None and self.epoch + 1 >= self.num_epochs:
                     raise
-                self.epoch, self.consumed, self.piece, self._iterator = self.epoch + 1, 0, 0, None
+                self.epoch, self.consumed, self.offset, self._iterator = self.epoch + 1, 0, 0, None
                 return self.peek()
         return self._current
 
     def advance(self) -> None:
         self.peek()
-        self._current, self._pieces = None, None
-        self.consumed, self.piece = self.consumed + 1, 0
+        self._current = None
+        self.consumed, self.offset = self.consumed + 1, 0
 
-    # MLM pieces -----------------------------------------------------------------------------------------
-    def peek_piece(self, row_length: int, bos: int, eos: int) -> np.ndarray:
-        """The current piece ``<s> chunk </s>`` of the current document (empty documents are skipped)."""
+    # MLM documents ---------------------------------------------------------------------------------------
+    def document_rest(self) -> np.ndarray:
+        """The not yet packed tokens of the current MLM document (empty documents are skipped)."""
         while True:
-            if self._pieces is None:
-                self._pieces = mlm.split_document(self.peek()["text"], row_length, bos, eos)
-            if self.piece < len(self._pieces):
-                return self._pieces[self.piece]
+            ids = self.peek()["text"]
+            if self.offset < len(ids):
+                return ids[self.offset:]
             self.advance()
 
-    def advance_piece(self) -> None:
-        self.piece += 1
-        if self._pieces is not None and self.piece >= len(self._pieces):
+    def consume_tokens(self, n: int) -> None:
+        self.offset += n
+        if self.offset >= len(self.peek()["text"]):
             self.advance()
 
 
@@ -201,7 +200,7 @@ class BatchIterator:
                 "sequence_lengths": dict(sorted(self.lengths.items()))}
 
     def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable position: the step and each task's (epoch, consumed, piece)."""
+        """JSON-serialisable position: the step and each task's (epoch, consumed, offset)."""
         positions = dict(self._saved_positions)
         positions.update({name: s.get_state() for name, s in self._streams.items()})
         return {**self._identity(), "step": self.step, "tasks": dict(sorted(positions.items()))}
@@ -255,17 +254,8 @@ class BatchIterator:
 
     def _mlm_batch(self, stream: TaskStream, vocab, rng: np.random.Generator) -> dict[str, Any]:
         length = self.lengths["text"]
-        rows: list[list[np.ndarray]] = []
-        for _ in range(self.batch_size):
-            row, used = [], 0
-            while True:
-                piece = stream.peek_piece(length, vocab.bos_id, vocab.eos_id)
-                if used + len(piece) > length:
-                    break
-                row.append(piece)
-                used += len(piece)
-                stream.advance_piece()
-            rows.append(row)
+        rows = [mlm.fill_row(stream.document_rest, stream.consume_tokens, length, vocab.bos_id, vocab.eos_id)
+                for _ in range(self.batch_size)]
         ids, segments = mlm.pack_rows(rows, length, vocab.pad_id)
         masked = mlm.whole_word_mask(ids, vocab.word_start, rng, rate=self.mlm_rate, mask_id=vocab.mask_id,
                                      num_special=vocab.num_special_tokens, vocab_size=vocab.vocab_size)

@@ -1,9 +1,12 @@
 """MLM batch construction in numpy: document packing and whole-word masking (TRAINING.md, stage 1).
 
-Packing (ours, documented): each document's ids are cut into pieces of at most ``L - 2`` tokens, each piece is
-framed ``<s> piece </s>``, and pieces are packed greedily, in stream order, into rows of ``L`` tokens (next-fit:
-a piece that does not fit closes the row and opens the next one). ``segment_ids`` number the pieces of a row
-1..k (0 = padding) so attention keeps them apart; no token is dropped or duplicated.
+Packing (ours, documented): rows of ``L`` tokens are filled in stream order with pieces ``<s> chunk </s>``,
+where a chunk is the next run of tokens of the current document. A document that does not fit the space left
+in a row is cut there (RoBERTa FULL-SENTENCES style: documents cross rows), unless that would leave a chunk
+shorter than ``MIN_PIECE`` tokens, in which case the row is closed and the document continues in the next one.
+So at most ``MIN_PIECE + 1`` positions of a row are padding, and a document's pieces are at least
+``MIN_PIECE`` tokens except its last. ``segment_ids`` number the pieces of a row 1..k (0 = padding) so
+attention keeps them apart; no token is dropped or duplicated.
 
 Masking: a *word* starts at a token whose text begins with ``Ġ`` (byte-level space) or right after a special
 token (first word of a piece); its continuation tokens belong to it. Per row, words are drawn in random order
@@ -15,15 +18,34 @@ alike); seqio's BERT converter, which weights only the ``<mask>`` positions, is 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
-def split_document(ids: np.ndarray, row_length: int, bos: int, eos: int) -> list[np.ndarray]:
-    """A document's ids -> pieces ``<s> chunk </s>`` with chunks of at most ``row_length - 2`` tokens."""
-    step = row_length - 2
-    if len(ids) == 0:
-        return []
-    return [np.concatenate([[bos], ids[i:i + step], [eos]]).astype(np.int32) for i in range(0, len(ids), step)]
+MIN_PIECE = 16
+
+
+def fill_row(document_rest: Callable[[], np.ndarray], consume: Callable[[int], None], row_length: int, bos: int,
+             eos: int, min_piece: int = MIN_PIECE) -> list[np.ndarray]:
+    """One row's pieces, taken from a document stream (see the module docstring).
+
+    Args:
+      document_rest: returns the unpacked rest of the current document (moving past finished documents).
+      consume: marks that many tokens of the current document as packed.
+    """
+    pieces, used = [], 0
+    while True:
+        space = row_length - used - 2
+        if space < 1:
+            return pieces
+        rest = document_rest()
+        take = min(len(rest), space)
+        if pieces and take < len(rest) and take < min_piece:
+            return pieces  # would cut off a tiny fragment: continue this document in the next row
+        pieces.append(np.concatenate([[bos], rest[:take], [eos]]).astype(np.int32))
+        used += take + 2
+        consume(take)
 
 
 def pack_rows(pieces: list[list[np.ndarray]], row_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

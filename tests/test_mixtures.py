@@ -100,7 +100,7 @@ def test_restore_then_continue_equals_uninterrupted(tok_dir):
         for _ in range(cut):
             next(it)
         state = json.loads(json.dumps(it.get_state()))  # what a checkpoint would store
-        resumed_any_piece |= state["tasks"].get("mlm_de", {}).get("piece", 0) > 0
+        resumed_any_piece |= state["tasks"].get("mlm_de", {}).get("offset", 0) > 0
         fresh = batching.make_batch_iterator("restore_mix", **kwargs)
         fresh.set_state(state)
         for k in range(cut, 14):

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bilingual import tokenizer as bpe
-from tasks import batching, demo, registry, sources
+from tasks import batching, demo, mlm, registry, sources
 from tests.data_helpers import DEMO_TRAIN, demo_tokenizer_dir, write
 
 LENGTHS = {"text": 128, "query": 24, "passage": 48, "negatives": 40, "a": 20, "b": 20}
@@ -107,11 +107,9 @@ def test_packing_conserves_tokens_and_segments(tok_dir, tok):
                 assert piece[0] == 0 and piece[-1] == 2 and not np.isin(piece[1:-1], [0, 1, 2]).any()
                 assert len(piece) <= 64
                 stream.extend(piece[1:-1].tolist())
-            if r and seg[r - 1].max():  # next-fit: the row was closed because the next piece did not fit
-                first_next = ids[r][seg[r] == 1]
-                assert int((seg[r - 1] > 0).sum()) + len(first_next) > 64
-    # every token, in order, no loss, no duplicate: the pieces are the first documents of the file (long ones
-    # cut into pieces of at most 62 tokens)
+            assert 64 - used <= mlm.MIN_PIECE + 1, "a row closed with more padding than a minimum piece"
+    # every token, in order, no loss, no duplicate: the pieces are the first documents of the file, cut where
+    # they cross a row boundary
     flat = [t for d in docs for t in d]
     assert len(stream) > 1000 and stream == flat[: len(stream)]
 
@@ -125,7 +123,7 @@ def test_long_documents_are_split_into_pieces(tok_dir, tok):
     # each row holds one 30-token chunk of the first document, framed <s> ... </s>
     for r in range(4):
         assert b["targets"][r].tolist() == [0] + first[30 * r: 30 * (r + 1)] + [2]
-    assert it.get_state()["tasks"]["mlm_de"] == {"epoch": 0, "consumed": 0, "piece": 4}
+    assert it.get_state()["tasks"]["mlm_de"] == {"epoch": 0, "consumed": 0, "offset": 120}
 
 
 def test_whole_word_mask_hand_case():
@@ -142,8 +140,6 @@ def test_whole_word_mask_hand_case():
 
 
 def bpe_mask(ids, word_start, seed):
-    from tasks import mlm
-
     return mlm.whole_word_mask(ids, word_start, np.random.default_rng(seed), rate=0.5, mask_id=4, num_special=5,
                                vocab_size=8)
 
@@ -341,3 +337,26 @@ def test_batches_match_declared_shapes(tok_dir, name, negatives):
     declared = batching.batch_shapes(b["task_type"], 3, LENGTHS, num_negatives=negatives)
     assert {k: (v.shape, v.dtype) for k, v in b.items() if k not in ("task", "task_type")} == declared
     assert b["task_type"] == it.task_types[name]
+
+
+def test_fill_row_hand_case():
+    docs = [np.arange(10, 15), np.arange(20, 60), np.arange(70, 73), np.arange(100, 200)]  # 5, 40, 3, 100
+    state = {"doc": 0, "offset": 0}
+
+    def rest():
+        return docs[state["doc"]][state["offset"]:]
+
+    def consume(n):
+        state["offset"] += n
+        if state["offset"] == len(docs[state["doc"]]):
+            state["doc"], state["offset"] = state["doc"] + 1, 0
+
+    # row of 24: doc 0 whole (7), then 15 tokens of doc 1 fit (15 < MIN_PIECE=16): the row closes instead
+    row = mlm.fill_row(rest, consume, 24, 0, 2)
+    assert [p.tolist() for p in row] == [[0, *range(10, 15), 2]]
+    row = mlm.fill_row(rest, consume, 24, 0, 2)  # an empty row always takes a piece: 22 tokens of doc 1
+    assert [p.tolist() for p in row] == [[0, *range(20, 42), 2]]
+    row = mlm.fill_row(rest, consume, 30, 0, 2)  # the remaining 18 of doc 1, doc 2 (3), then 3 free: closed
+    assert [p.tolist() for p in row] == [[0, *range(42, 60), 2], [0, 70, 71, 72, 2]]
+    row = mlm.fill_row(rest, consume, 40, 0, 2)  # doc 3 is cut at the row end (38 >= MIN_PIECE)
+    assert [p.tolist() for p in row] == [[0, *range(100, 138), 2]] and state == {"doc": 3, "offset": 38}
