@@ -45,6 +45,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
+
 from tasks import mixtures, mlm
 from tasks import preprocessors as pp
 

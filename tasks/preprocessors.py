@@ -21,6 +21,8 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
+
 TASK_TYPES = ("mlm", "pairs", "retrieval", "sts")
 TEXT_FEATURES = {"mlm": ("text",), "pairs": ("query", "passage"), "retrieval": ("query", "passage", "negatives"),
                  "sts": ("a", "b")}

@@ -32,6 +32,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
+
 log = logging.getLogger(__name__)
 
 KINDS = ("text", "pairs", "retrieval", "sts")

@@ -22,6 +22,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
+
 from bilingual import tokenizer as bpe
 
 
