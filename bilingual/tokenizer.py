@@ -12,7 +12,8 @@ the same ids; RoBERTa itself has no normaliser).
 Balancing: every language contributes the same number of characters. By default that is the size of the
 smallest language (``balance="downsample"``: larger languages are subsampled line by line with a fixed seed);
 ``balance="upsample"`` instead repeats lines of the smaller languages up to the size of the largest.
-``max_chars_per_language`` caps every language (useful for a 61k vocabulary on a very large corpus).
+``max_chars_per_language`` caps every language (useful for a 61k vocabulary on a very large corpus), and
+``streaming=True`` balances in two passes over the files without holding them in memory.
 """
 
 from __future__ import annotations
@@ -122,6 +123,40 @@ def balanced_sample(corpora: Mapping[str, Sequence[str]], *, balance: str = "dow
     return out
 
 
+def stream_balanced(corpora: Mapping[str, Sequence[str]], *, max_chars_per_language: int | None = None,
+                    seed: int = 0, stats: dict | None = None) -> Iterator[str]:
+    """Balanced lines without holding the corpus in memory (for corpora of many GB).
+
+    A first pass counts the characters of every language; the second yields each non-empty line with
+    probability ``target / size`` of its language (seeded), where ``target`` is the smallest language's size
+    (capped by ``max_chars_per_language``). The balance is then exact in expectation (within a fraction of a
+    percent for large corpora) rather than to the line. Languages are streamed one after the other, which does
+    not matter for BPE (the trainer counts words over everything before merging). ``stats`` (if given)
+    receives the characters yielded per language.
+    """
+    paths = {lang: expand_paths(patterns) for lang, patterns in corpora.items()}
+    sizes = {lang: sum(len(t) for path in files for _, t in read_lines(path) if t.strip())
+             for lang, files in paths.items()}
+    empty = [lang for lang, n in sizes.items() if n == 0]
+    if empty:
+        raise TokenizerError(f"languages {empty} have no non-empty line in {[corpora[k] for k in empty]}")
+    target = min(sizes.values())
+    if max_chars_per_language:
+        target = min(target, max_chars_per_language)
+    rng = np.random.default_rng(seed)
+    for lang in sorted(paths):
+        keep = target / sizes[lang]
+        kept = 0
+        for path in paths[lang]:
+            for _, text in read_lines(path):
+                if text.strip() and rng.random() < keep:
+                    kept += len(text)
+                    yield text
+        log.info("tokenizer corpus (streamed): %s %d of %d characters", lang, kept, sizes[lang])
+        if stats is not None:
+            stats[lang] = kept
+
+
 def new_tokenizer() -> Tokenizer:
     """An untrained byte-level BPE pipeline with the RoBERTa post-processor (``<s> A </s>``)."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -210,16 +245,31 @@ def word_start_table(tok: Tokenizer) -> np.ndarray:
 def train_and_save(corpora: Mapping[str, Sequence[str]], out_dir: str | os.PathLike, *,
                    vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2, balance: str = "downsample",
                    max_chars_per_language: int | None = None, seed: int = 0,
-                   model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, show_progress: bool = True) -> pathlib.Path:
-    """Balances the corpus, trains, and saves. Returns the output directory."""
-    sample = balanced_sample(corpora, balance=balance, max_chars_per_language=max_chars_per_language, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    texts = [t for lang in sorted(sample) for t in sample[lang]]
-    texts = [texts[i] for i in rng.permutation(len(texts))]
-    tok = train_bpe(texts, vocab_size, min_frequency=min_frequency, show_progress=show_progress,
-                    length=len(texts))
+                   model_max_length: int = DEFAULT_MODEL_MAX_LENGTH, show_progress: bool = True,
+                   streaming: bool = False) -> pathlib.Path:
+    """Balances the corpus, trains, and saves. Returns the output directory.
+
+    ``streaming=True`` uses ``stream_balanced`` (two passes over the files, constant memory apart from the
+    BPE word counts; ``balance`` must be ``"downsample"``); otherwise the lines are read into memory and
+    sampled exactly (``balanced_sample``), which suits corpora up to a few GB.
+    """
+    if streaming:
+        if balance != "downsample":
+            raise TokenizerError("streaming supports balance='downsample' only")
+        chars: dict[str, int] = {}
+        texts = stream_balanced(corpora, max_chars_per_language=max_chars_per_language, seed=seed, stats=chars)
+        tok = train_bpe(texts, vocab_size, min_frequency=min_frequency, show_progress=show_progress)
+    else:
+        sample = balanced_sample(corpora, balance=balance, max_chars_per_language=max_chars_per_language,
+                                 seed=seed)
+        rng = np.random.default_rng(seed + 1)
+        lines = [t for lang in sorted(sample) for t in sample[lang]]
+        lines = [lines[i] for i in rng.permutation(len(lines))]
+        tok = train_bpe(lines, vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+                        length=len(lines))
+        chars = {k: sum(map(len, v)) for k, v in sample.items()}
     meta = {"corpora": {k: list(v) for k, v in corpora.items()}, "vocab_size": vocab_size,
             "actual_vocab_size": tok.get_vocab_size(), "min_frequency": min_frequency, "balance": balance,
-            "max_chars_per_language": max_chars_per_language, "seed": seed,
-            "chars_per_language": {k: sum(map(len, v)) for k, v in sample.items()}}
+            "max_chars_per_language": max_chars_per_language, "seed": seed, "streaming": streaming,
+            "chars_per_language": chars}
     return save(tok, out_dir, model_max_length=model_max_length, metadata=meta)

@@ -26,12 +26,16 @@ from bilingual import tokenizer as bpe
 def train_tokenizer(out: str, corpora: dict = gin.REQUIRED, vocab_size: int = bpe.DEFAULT_VOCAB_SIZE,
                     min_frequency: int = 2, balance: str = "downsample", max_chars_per_language: int | None = None,
                     seed: int = 0, model_max_length: int = bpe.DEFAULT_MODEL_MAX_LENGTH,
-                    show_progress: bool = True) -> pathlib.Path:
-    """Trains and saves; ``corpora`` maps language code -> list of text files/globs (one document per line)."""
+                    show_progress: bool = True, streaming: bool = False) -> pathlib.Path:
+    """Trains and saves; ``corpora`` maps language code -> list of text files/globs (one document per line).
+
+    ``streaming=True`` balances the languages in two passes over the files instead of in memory (large corpora).
+    """
     start = time.perf_counter()
     path = bpe.train_and_save(corpora, out, vocab_size=vocab_size, min_frequency=min_frequency, balance=balance,
                               max_chars_per_language=max_chars_per_language, seed=seed,
-                              model_max_length=model_max_length, show_progress=show_progress)
+                              model_max_length=model_max_length, show_progress=show_progress,
+                              streaming=streaming)
     tok = bpe.load(path)
     logging.info("trained a %d-token tokenizer in %.1f s -> %s", tok.get_vocab_size(), time.perf_counter() - start,
                  path)

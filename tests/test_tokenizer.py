@@ -145,3 +145,22 @@ def test_vocabulary_python_and_tf_data_ids_equal(tok_dir):
     assert ragged.to_list() == reference
     decoded = [vocab.decode_tf(tf.constant(ids)).numpy().decode("utf-8") for ids in reference]
     assert decoded == TEXTS == [vocab.decode(ids) for ids in reference]
+
+
+def test_streaming_balance_and_training(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["Haus", "Baum", "Straße", "groß", "über", "Mädchen", "und", "der", "die", "das"]
+    de = write(tmp_path / "de.txt", "".join(" ".join(rng.choice(words, 8)) + "\n" for _ in range(6000)))
+    en = write(tmp_path / "en.txt", "".join(" ".join(rng.choice(["house", "tree", "the", "and"], 6)) + "\n"
+                                            for _ in range(3000)))
+    stats = {}
+    lines = list(bpe.stream_balanced({"de": [de], "en": [en]}, seed=1, stats=stats))
+    assert stats["en"] == sum(len(line) for line in open(en, encoding="utf-8").read().splitlines())  # smaller: all
+    assert abs(stats["de"] / stats["en"] - 1) < 0.05  # larger: sampled to the same size in expectation
+    assert len(lines) == len(list(bpe.stream_balanced({"de": [de], "en": [en]}, seed=1)))
+    out = bpe.train_and_save({"de": [de], "en": [en]}, tmp_path / "tok", vocab_size=300, streaming=True,
+                             show_progress=False)
+    tok = bpe.load(out)
+    assert tok.decode(tok.encode("Das Mädchen über dem Baum").ids, skip_special_tokens=True) == \
+        "Das Mädchen über dem Baum"
+    assert json.loads((out / "training_args.json").read_text())["streaming"] is True
