@@ -268,6 +268,10 @@ def train_and_save(corpora: Mapping[str, Sequence[str]], out_dir: str | os.PathL
         tok = train_bpe(lines, vocab_size, min_frequency=min_frequency, show_progress=show_progress,
                         length=len(lines))
         chars = {k: sum(map(len, v)) for k, v in sample.items()}
+    if tok.get_vocab_size() < vocab_size:
+        log.warning("the corpus supports only %d of the %d requested tokens (no pair left with frequency >= %d); "
+                    "the model's vocab_size may stay larger (unused rows), or train on more text",
+                    tok.get_vocab_size(), vocab_size, min_frequency)
     meta = {"corpora": {k: list(v) for k, v in corpora.items()}, "vocab_size": vocab_size,
             "actual_vocab_size": tok.get_vocab_size(), "min_frequency": min_frequency, "balance": balance,
             "max_chars_per_language": max_chars_per_language, "seed": seed, "streaming": streaming,
