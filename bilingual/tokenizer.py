@@ -217,12 +217,23 @@ def save(tok: Tokenizer, out_dir: str | os.PathLike, *, model_max_length: int = 
 
 
 def load(path: str | os.PathLike) -> Tokenizer:
-    """Loads ``path/tokenizer.json`` (or a ``tokenizer.json`` file) and checks the special-token ids."""
-    p = pathlib.Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.exists():
-        raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
-    tok = Tokenizer.from_file(str(file))
+    """Loads ``path/tokenizer.json`` (or a ``tokenizer.json`` file; ``gs://`` and other ``tf.io.gfile`` URLs
+    work) and checks the special-token ids."""
+    path = str(path)
+    if "://" in path:
+        import tensorflow as tf
+
+        file = path if path.endswith(".json") else f"{path.rstrip('/')}/tokenizer.json"
+        if not tf.io.gfile.exists(file):
+            raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
+        with tf.io.gfile.GFile(file, "r") as f:
+            tok = Tokenizer.from_str(f.read())
+    else:
+        p = pathlib.Path(path)
+        file = p / "tokenizer.json" if p.is_dir() else p
+        if not file.exists():
+            raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
+        tok = Tokenizer.from_file(str(file))
     for i, token in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(token) != i:
             raise TokenizerError(f"{file}: special token {token} has id {tok.token_to_id(token)}, expected {i}")

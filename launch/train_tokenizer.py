@@ -3,7 +3,7 @@
     python -m launch.train_tokenizer --gin_file=gin/tokenizer/demo_de_en.gin --out=/tmp/tok
     python -m launch.train_tokenizer --gin_file=gin/tokenizer/de_en.gin \
         --gin_bindings='train_tokenizer.corpora = {"de": ["gs://bucket/de/*.txt"], "en": ["gs://bucket/en/*.txt"]}' \
-        --out=gs://bucket/tokenizers/de-en   # (local --out only; copy with gsutil)
+        --out=gs://bucket/tokenizers/de-en   # written locally, then copied with tf.io.gfile
 
 Every argument of ``train_tokenizer`` below is a gin parameter. The operative config is logged at start and
 written next to the tokenizer (``operative_config.gin``). Progress: the ``tokenizers`` trainer prints its own
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
+import shutil
+import tempfile
 import time
 
 import gin
@@ -42,22 +44,33 @@ def train_tokenizer(out: str, corpora: dict = gin.REQUIRED, vocab_size: int = bp
     return path
 
 
-def main(argv=None) -> pathlib.Path:
+def main(argv=None) -> pathlib.Path | str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_file", action="append", default=[], help="gin file(s), applied in order")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
-    parser.add_argument("--out", required=True, help="output directory (created)")
+    parser.add_argument("--out", required=True, help="output directory (created; gs:// and other tf.io.gfile URLs work)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings)
+    with gin.unlock_config():  # main() may run more than once in a process (tests)
+        gin.clear_config()
+        gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
     logging.info("gin config:\n%s", gin.config_str())
-    path = train_tokenizer(out=args.out)
+    remote = "://" in args.out
+    local = tempfile.mkdtemp(prefix="tokenizer-") if remote else args.out
+    path = train_tokenizer(out=local)
     (pathlib.Path(path) / "operative_config.gin").write_text(gin.operative_config_str())
     tok = bpe.load(path)
     sample = "Größere Straßen, mañana: ¿Qué tal? The quick brown fox."
-    print(f"tokenizer: {path} ({tok.get_vocab_size()} tokens)")
+    print(f"tokenizer: {args.out} ({tok.get_vocab_size()} tokens)")
     print(f"example: {sample!r} -> {tok.encode(sample).tokens}")
-    return pathlib.Path(path)
+    if remote:
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(args.out)
+        for file in sorted(pathlib.Path(path).iterdir()):
+            tf.io.gfile.copy(str(file), f"{args.out.rstrip('/')}/{file.name}", overwrite=True)
+        shutil.rmtree(local)
+    return args.out if remote else pathlib.Path(path)
 
 
 if __name__ == "__main__":

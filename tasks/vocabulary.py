@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pathlib
 import threading
 from typing import Iterable, Sequence
 
@@ -146,9 +145,7 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
 
     # -- identity ------------------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
-        file = pathlib.Path(self._path)
-        file = file / "tokenizer.json" if file.is_dir() else file
-        return hashlib.sha256(file.read_bytes()).hexdigest()
+        return hashlib.sha256(self.tokenizer.to_str().encode("utf-8")).hexdigest()
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, ByteLevelBPEVocabulary):

@@ -114,6 +114,15 @@ def test_launch_script_trains_from_gin(tmp_path):
     meta = json.loads((out / "training_args.json").read_text())
     assert set(meta["chars_per_language"]) == {"de", "en"}
     assert abs(meta["chars_per_language"]["de"] - meta["chars_per_language"]["en"]) < 2000
+    # a URL destination (gs:// on a TPU VM; TensorFlow's in-memory file system here), loadable from there
+    remote = train_tokenizer.main([f"--gin_file={ROOT / 'gin/tokenizer/demo_de_en.gin'}",
+                                   "--gin_bindings=train_tokenizer.vocab_size = 400",
+                                   "--gin_bindings=train_tokenizer.max_chars_per_language = 20000",
+                                   "--gin_bindings=train_tokenizer.show_progress = False", "--out=ram://tok-test"])
+    assert tf.io.gfile.exists(f"{remote}/vocab.json") and bpe.load(remote).get_vocab_size() == 400
+    from tasks.vocabulary import ByteLevelBPEVocabulary
+
+    assert ByteLevelBPEVocabulary(remote).encode("Haus") == bpe.load(remote).encode("Haus", add_special_tokens=False).ids
 
 
 @pytest.mark.parametrize("gin_file", sorted((ROOT / "gin/tokenizer").glob("*.gin")), ids=lambda p: p.name)
