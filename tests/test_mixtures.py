@@ -86,20 +86,20 @@ def assert_batches_equal(a, b):
 
 
 def test_restore_then_continue_equals_uninterrupted(tok_dir):
-    # an MLM task (pieces of long documents), a retrieval and an STS task; a tiny epoch so restores cross one
+    # an MLM task (documents cut across rows), a retrieval and an STS task (epochs: test_restore_across_epochs)
     mixtures.register_mixture("restore_mix", {"mlm_de": 2.0, "retrieval_de": 1.0, "tag_x": 1.0})
     # with seed 3 the draws are mlm_de x4, tag_x, mlm_de x2, retrieval_de, ...: cut 2 stops inside a document,
     # cut 7 with three tasks part-way through
     kwargs = dict(batch_size=4, seed=3, sequence_lengths={"text": 48, "query": 16, "passage": 32,
                                                           "negatives": 32, "a": 8, "b": 8})
     reference = batching.make_batch_iterator("restore_mix", **kwargs)
-    batches = [next(reference) for _ in range(14)]
+    batches, states = [], []
+    for _ in range(14):
+        batches.append(next(reference))
+        states.append(json.loads(json.dumps(reference.get_state())))  # what a checkpoint would store
     resumed_any_piece = False
     for cut in (2, 7):
-        it = batching.make_batch_iterator("restore_mix", **kwargs)
-        for _ in range(cut):
-            next(it)
-        state = json.loads(json.dumps(it.get_state()))  # what a checkpoint would store
+        state = states[cut - 1]
         resumed_any_piece |= state["tasks"].get("mlm_de", {}).get("offset", 0) > 0
         fresh = batching.make_batch_iterator("restore_mix", **kwargs)
         fresh.set_state(state)
@@ -114,16 +114,17 @@ def test_restore_across_epochs(tok_dir, tmp_path):
     registry.register_pairs_task("ten_pairs", path, tok_dir)
     kwargs = dict(batch_size=3, seed=5, sequence_lengths={"query": 8, "passage": 8})
     reference = batching.make_batch_iterator("ten_pairs", **kwargs)
-    batches = [next(reference) for _ in range(12)]  # 36 examples = 3.6 epochs
+    batches, states = [], []
+    for _ in range(12):  # 36 examples = 3.6 epochs
+        batches.append(next(reference))
+        states.append(reference.get_state())
     assert reference.get_state()["tasks"]["ten_pairs"]["epoch"] == 3
     epoch0 = np.concatenate([b["query_ids"] for b in batches[:3]])[:9]
     epoch1 = np.concatenate([b["query_ids"] for b in batches[3:7]])[1:10]
     assert not np.array_equal(epoch0, epoch1[:9]), "each epoch has its own order"
-    it = batching.make_batch_iterator("ten_pairs", **kwargs)
-    for _ in range(5):
-        next(it)
     fresh = batching.make_batch_iterator("ten_pairs", **kwargs)
-    fresh.set_state(it.get_state())
+    fresh.set_state(states[4])  # after 5 batches: epoch 1, 5 examples in
+    assert states[4]["tasks"]["ten_pairs"] == {"epoch": 1, "consumed": 5, "offset": 0}
     for k in range(5, 12):
         assert_batches_equal(next(fresh), batches[k])
 
