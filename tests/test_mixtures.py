@@ -9,7 +9,7 @@ import pytest
 
 from bilingual import tokenizer as bpe
 from tasks import batching, demo, mixtures, registry
-from tests.data_helpers import demo_tokenizer_dir, write
+from data_helpers import demo_tokenizer_dir, write
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from bilingual import tokenizer as bpe
 from tasks import batching, demo, mlm, registry, sources
-from tests.data_helpers import DEMO_TRAIN, demo_tokenizer_dir, write
+from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, write
 
 LENGTHS = {"text": 128, "query": 24, "passage": 48, "negatives": 40, "a": 20, "b": 20}
 
@@ -296,7 +296,7 @@ def test_beir_source_pairs_and_hard_negatives(tmp_path, tok_dir, tok):
 def test_user_data_gin_template_registers_working_tasks(tmp_path, tok_dir, tok):
     import gin
 
-    from tests.data_helpers import ROOT
+    from data_helpers import ROOT
 
     for lang in ("de", "en"):
         write(tmp_path / f"{lang}/a.txt", f"Ein Text auf {lang}.\nNoch ein Dokument.\n")
@@ -321,7 +321,7 @@ def test_user_data_gin_template_registers_working_tasks(tmp_path, tok_dir, tok):
 def test_demo_gin_parses(tok_dir):
     import gin
 
-    from tests.data_helpers import ROOT
+    from data_helpers import ROOT
 
     gin.clear_config()
     gin.parse_config_files_and_bindings([str(ROOT / "gin/data/demo.gin")], [f'DEMO_TOKENIZER = "{tok_dir}"'])

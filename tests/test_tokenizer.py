@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bilingual import tokenizer as bpe
-from tests.data_helpers import DEMO_TRAIN, ROOT, demo_tokenizer_dir, write
+from data_helpers import ROOT, demo_tokenizer_dir, write
 
 TEXTS = [
     "Größere Straßen führen über die Brücke; Äpfel, Öl und Übermut.",
