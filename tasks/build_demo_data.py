@@ -7,7 +7,9 @@ file holds); no dev/test split is opened. Every sample uses a fixed seed, so re-
 byte for byte. The output is committed; tests and the demo never need the shared folder.
 
 Hard negatives are mined with scikit-learn TF-IDF (word 1-2-grams, sublinear tf, cosine similarity): for
-each query the highest-scoring candidate passages that are not its positive (nor a duplicate of it).
+each query the highest-scoring candidate passages that are not its positive (nor a duplicate of it) and score
+below 95% of the positive's score (a relative margin against false negatives, as sentence-transformers'
+``mine_hard_negatives(relative_margin=0.05)`` does).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 SEED = 20240229
 NUM_NEGATIVES = 3
+RELATIVE_MARGIN = 0.05
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -36,6 +39,7 @@ def write_tsv(path: pathlib.Path, header: list[str], rows: list[list[str]]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as f:
         for row in [header] + rows:
+            assert len(row) == len(header), (path, row)
             assert all("\t" not in c and "\n" not in c and c.strip() for c in row), row
             f.write("\t".join(row) + "\n")
 
@@ -65,10 +69,12 @@ def mine_negatives(queries: list[str], passages: list[str], positives: list[int]
     out = []
     for i, pos in enumerate(positives):
         exclude = {pos} | (extra_exclude[i] if extra_exclude else set())
+        ceiling = (1 - RELATIVE_MARGIN) * scores[i, pos]
         order = np.argsort(-scores[i], kind="stable")
         picked = []
         for j in order:
-            if j in exclude or passages[j] == passages[pos] or passages[j] in (passages[k] for k in picked):
+            if j in exclude or scores[i, j] >= ceiling or passages[j] == passages[pos] \
+                    or passages[j] in (passages[k] for k in picked):
                 continue
             picked.append(int(j))
             if len(picked) == m:
@@ -134,7 +140,9 @@ def build(shared: pathlib.Path, out: pathlib.Path) -> dict[str, int]:
     # the query's own full paragraph must not come back as a negative: exclude passages containing the query
     exclude = [{j for j, p in enumerate(all_passages) if q in p} for q in queries]
     negs = mine_negatives(queries, all_passages, list(range(len(queries))), NUM_NEGATIVES, exclude)
-    rows = [[q, p] + [all_passages[j] for j in n] for q, p, n in zip(queries, positives_text, negs)]
+    rows = [[q, p] + [all_passages[j] for j in n] for q, p, n in zip(queries, positives_text, negs)
+            if len(n) == NUM_NEGATIVES]  # a query sharing no word with its positive has no negative under the margin
+    counts["retrieval/de.tsv dropped (no negatives under the margin)"] = len(queries) - len(rows)
     header = ["query", "positive"] + [f"negative_{i + 1}" for i in range(NUM_NEGATIVES)]
     write_tsv(out / "retrieval/de.tsv", header, rows)
     counts["retrieval/de.tsv"] = len(rows)
@@ -148,9 +156,11 @@ def build(shared: pathlib.Path, out: pathlib.Path) -> dict[str, int]:
     qrels = [qrels[i] for i in rng.permutation(len(qrels))[:250]]
     texts = [c["text"] for c in corpus]
     squad_q = [query_text[r[0]] for r in qrels]
+    n_squad_queries = len(squad_q)
     squad_pos = [index[r[1]] for r in qrels]
     negs = mine_negatives(squad_q, texts, squad_pos, NUM_NEGATIVES)
-    rows = [[q, texts[p]] + [texts[j] for j in n] for q, p, n in zip(squad_q, squad_pos, negs)]
+    rows = [[q, texts[p]] + [texts[j] for j in n] for q, p, n in zip(squad_q, squad_pos, negs)
+            if len(n) == NUM_NEGATIVES]
     n_squad = len(rows)
     # SQAC dev (QNLI form; the test split stays for evaluation): the entailment sentence is the positive, the
     # upstream not_entailment sentences of the same question (lexically close, same context) come first
@@ -169,7 +179,9 @@ def build(shared: pathlib.Path, out: pathlib.Path) -> dict[str, int]:
     for (q, pos, upstream), extra in zip(sqac_items, mined):
         negatives = [s for s in upstream if s != pos][:NUM_NEGATIVES]
         negatives += [sentences[j] for j in extra if sentences[j] not in negatives][: NUM_NEGATIVES - len(negatives)]
-        rows.append([q, pos] + negatives)
+        if len(negatives) == NUM_NEGATIVES:
+            rows.append([q, pos] + negatives)
+    counts["retrieval/es.tsv dropped (no negatives under the margin)"] = n_squad_queries + len(sqac_items) - len(rows)
     rows = [rows[i] for i in rng.permutation(len(rows))]
     write_tsv(out / "retrieval/es.tsv", header, rows)
     counts["retrieval/es.tsv"] = len(rows)

@@ -360,3 +360,16 @@ def test_fill_row_hand_case():
     assert [p.tolist() for p in row] == [[0, *range(42, 60), 2], [0, 70, 71, 72, 2]]
     row = mlm.fill_row(rest, consume, 40, 0, 2)  # doc 3 is cut at the row end (38 >= MIN_PIECE)
     assert [p.tolist() for p in row] == [[0, *range(100, 138), 2]] and state == {"doc": 3, "offset": 38}
+
+
+def test_inspect_data_prints_decoded_batches(tok_dir, capsys):
+    from launch import inspect_data
+
+    lines = inspect_data.main([f"--tokenizer={tok_dir}", "--name=pairs_de_en", "--batches=1", "--batch_size=2",
+                               "--length=32"])
+    german = [de for de, _ in read_tsv(DEMO_TRAIN / "pairs/de-en.tsv")]
+    assert lines[0].startswith("task pairs_de_en (pairs), query_ids (2, 32)")
+    queries = [line.removeprefix("  query   ") for line in lines if line.startswith("  query   ")]
+    assert len(queries) == 2 and all(any(de.startswith(q) for de in german) for q in queries)
+    lines = inspect_data.main([f"--tokenizer={tok_dir}", "--name=mlm_en", "--batches=1", "--length=64"])
+    assert "[<mask>|" in "\n".join(lines) and "selected" in lines[1]

@@ -1,0 +1,92 @@
+"""Print a few batches of a task or mixture, decoded, to see what the trainer will get.
+
+    python -m launch.inspect_data --tokenizer=/tmp/tok --name=multitask_de --batches=3
+    python -m launch.inspect_data --gin_file=gin/data/user_data.gin --gin_bindings='TOKENIZER = "/tmp/tok"' \
+        --name=multitask_de_mine
+
+Without ``--gin_file`` the bundled demo tasks are registered with ``--tokenizer``. MLM rows show the corrupted
+input with every selected position in brackets: ``[<mask>|Haus]`` (masked), ``[Baum|Haus]`` (replaced),
+``[=Haus]`` (kept but predicted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import gin  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tasks import batching, demo, registry  # noqa: E402
+
+
+def _text(vocab, ids, mask) -> str:
+    return vocab.decode(np.asarray(ids)[np.asarray(mask) == 1].tolist())
+
+
+def describe(batch: dict, vocab, rows: int = 2, width: int = 160) -> list[str]:
+    """Human-readable lines for the first ``rows`` examples of a batch."""
+    lines = [f"task {batch['task']} ({batch['task_type']}), "
+             + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if isinstance(v, np.ndarray))]
+    tok = vocab.tokenizer
+    for i in range(min(rows, len(next(v for v in batch.values() if isinstance(v, np.ndarray))))):
+        if batch["task_type"] == "mlm":
+            out = []
+            for j in np.flatnonzero(batch["attention_mask"][i]):
+                target = tok.decode([int(batch["targets"][i, j])])
+                shown = tok.decode([int(batch["input_ids"][i, j])]) if batch["input_ids"][i, j] != 4 else "<mask>"
+                if batch["loss_weights"][i, j]:
+                    out.append(f"[={target}]" if shown == target else f"[{shown}|{target}]")
+                else:
+                    out.append(shown)
+            selected = batch["loss_weights"][i].sum() / max(1, (batch["targets"][i] > 4).sum())
+            lines.append(f"  row {i} ({int(batch['segment_ids'][i].max())} pieces, {selected:.0%} selected): "
+                         + "".join(out)[:width])
+        elif batch["task_type"] in ("pairs", "retrieval"):
+            lines.append(f"  query   {_text(vocab, batch['query_ids'][i], batch['query_mask'][i])[:width]}")
+            lines.append(f"  passage {_text(vocab, batch['passage_ids'][i], batch['passage_mask'][i])[:width]}")
+            if batch["task_type"] == "retrieval":
+                for k in range(batch["negative_ids"].shape[1]):
+                    text = _text(vocab, batch["negative_ids"][i, k], batch["negative_mask"][i, k])
+                    lines.append(f"  neg {k}   {text[:width]}")
+        else:
+            lines.append(f"  {batch['score'][i]:.2f}  {_text(vocab, batch['a_ids'][i], batch['a_mask'][i])[:width]}"
+                         f"  ||  {_text(vocab, batch['b_ids'][i], batch['b_mask'][i])[:width]}")
+    return lines
+
+
+def main(argv=None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="task or mixture")
+    parser.add_argument("--tokenizer", help="tokenizer directory (registers the demo tasks)")
+    parser.add_argument("--gin_file", action="append", default=[])
+    parser.add_argument("--gin_bindings", action="append", default=[])
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--length", type=int, default=128, help="every sequence length (MLM row, query, ...)")
+    args = parser.parse_args(argv)
+    if args.gin_file:
+        with gin.unlock_config():
+            gin.clear_config()
+            gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
+        registry.register_data()
+    elif args.tokenizer:
+        demo.register_demo_tasks(args.tokenizer)
+    else:
+        parser.error("give --tokenizer (demo tasks) or --gin_file")
+    lengths = {k: args.length for k in ("text", "query", "passage", "negatives", "a", "b")}
+    it = batching.make_batch_iterator(args.name, batch_size=args.batch_size, seed=args.seed, sequence_lengths=lengths)
+    lines = []
+    for _ in range(args.batches):
+        batch = next(it)
+        vocab = next(t for t in it.tasks if t.name == batch["task"]).output_features
+        lines += describe(batch, next(iter(vocab.values())).vocabulary)
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    main()
