@@ -34,10 +34,13 @@ Semantics:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
+import gc
 import json
 import logging
+import weakref
 import zlib
 from typing import Any, Iterator, Mapping
 
@@ -92,6 +95,18 @@ def pad_to(rows: list[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray
     return ids, mask
 
 
+_OPEN_STREAMS: "weakref.WeakSet[TaskStream]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_streams() -> None:
+    """Drops live tf.data iterators before interpreter shutdown: an iterator with work in flight (prefetch into
+    a Python ``from_generator``/``numpy_function``) can otherwise deadlock the exit waiting for the GIL."""
+    for stream in list(_OPEN_STREAMS):
+        stream.close()
+    gc.collect()
+
+
 def _epoch_dataset(task: seqio.Task, split: str, shuffle: bool, seed: int, shard: tuple[int, int] | None,
                    lengths: tuple) -> tf.data.Dataset:
     """One epoch of a task, shuffled with ``seed``. Not cached on purpose: a second iterator over the same
@@ -137,6 +152,13 @@ class TaskStream:
             ds = ds.skip(self.consumed)
         self._iterator = ds.ragged_batch(READ_BATCH).prefetch(2).as_numpy_iterator()
         self._buffer.clear()
+        _OPEN_STREAMS.add(self)
+
+    def close(self) -> None:
+        """Releases the tf.data iterator (the position is kept; reading again re-opens it)."""
+        self._iterator = None
+        self._buffer.clear()
+        self._current = None
 
     def _next_example(self) -> dict[str, Any]:
         if not self._buffer:
@@ -231,6 +253,17 @@ class BatchIterator:
                 stream.set_state(self._saved_positions.pop(task.name))
             self._streams[task.name] = stream
         return self._streams[task.name]
+
+    def close(self) -> None:
+        """Releases the tf.data pipelines (also done automatically at interpreter exit); the state is kept."""
+        for stream in self._streams.values():
+            stream.close()
+
+    def __enter__(self) -> "BatchIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def task_for_step(self, step: int) -> seqio.Task:
         """The task of batch ``step`` (the same on every host)."""

@@ -159,3 +159,31 @@ def test_two_hosts_read_disjoint_shards_that_cover_the_data(tok, tok_dir, tmp_pa
     hosts = [batching.make_batch_iterator("sharded_mix", batch_size=1, shard_index=h, num_shards=2) for h in (0, 1)]
     assert [hosts[0].task_for_step(s).name for s in range(200)] == [hosts[1].task_for_step(s).name
                                                                    for s in range(200)]
+
+
+def test_close_keeps_the_position(tok_dir):
+    kwargs = dict(batch_size=2, seed=4, sequence_lengths={"text": 32})
+    reference = batching.make_batch_iterator("mlm_de_en", **kwargs)
+    batches = [next(reference) for _ in range(4)]
+    with batching.make_batch_iterator("mlm_de_en", **kwargs) as it:
+        for k in range(4):
+            assert_batches_equal(next(it), batches[k])
+            it.close()  # the next batch re-opens the pipelines at the saved position
+
+
+def test_process_exits_with_live_iterators(tok_dir, tmp_path):
+    # an MLM mixture iterator left open at exit used to deadlock interpreter shutdown (tf.data prefetch into
+    # Python generators); the atexit hook releases the pipelines
+    import subprocess
+    import sys
+
+    from data_helpers import ROOT
+
+    script = write(tmp_path / "live.py", (
+        "from tasks import demo, batching\n"
+        f"demo.register_demo_tasks({tok_dir!r})\n"
+        "it = batching.make_batch_iterator('mlm_de_en', batch_size=8, sequence_lengths={'text': 128})\n"
+        "for _ in range(3):\n    next(it)\nprint('ok')\n"))
+    done = subprocess.run([sys.executable, script], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
