@@ -44,6 +44,7 @@ import weakref
 import zlib
 from typing import Any, Iterator, Mapping
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -352,6 +353,7 @@ def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str,
     raise ValueError(f"unknown task type {task_type!r}; expected one of {pp.TASK_TYPES}")
 
 
+@gin.configurable
 def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, seed: int = 0, *,
                         sequence_lengths: Mapping[str, int] | None = None, shard_index: int = 0,
                         num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,
@@ -373,7 +375,10 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
       mlm_rate: fraction of tokens selected for MLM (TRAINING.md: 0.3).
 
     Returns:
-      A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``).
+      A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``, ``close()``).
+
+    Gin-configurable (e.g. ``make_batch_iterator.sequence_lengths = {"text": 512}``); arguments the caller
+    passes explicitly win over bindings.
     """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
