@@ -40,3 +40,29 @@ def synthetic_batch(task_type, batch=8, length=16, vocab=512, negatives=2, seed=
         return {"a_ids": a, "a_mask": am, "b_ids": b, "b_mask": bm,
                 "score": rng.uniform(0, 5, batch).astype(np.float32)}
     raise ValueError(task_type)
+
+
+class SyntheticBatches:
+    """A deterministic, resumable batch iterator cycling through ``task_types`` (trainer tests)."""
+
+    def __init__(self, task_types, batch=8, length=16, vocab=512, seed=0, on_batch=None):
+        self.task_types, self.batch, self.length, self.vocab, self.seed = task_types, batch, length, vocab, seed
+        self.position = 0
+        self.on_batch = on_batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        task_type = self.task_types[self.position % len(self.task_types)]
+        out = synthetic_batch(task_type, self.batch, self.length, self.vocab, seed=self.seed + self.position)
+        self.position += 1
+        if self.on_batch:
+            self.on_batch(self.position)
+        return {**out, "task": f"synthetic_{task_type}", "task_type": task_type}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = int(state["position"])
