@@ -45,10 +45,13 @@ def synthetic_batch(task_type, batch=8, length=16, vocab=512, negatives=2, seed=
 class SyntheticBatches:
     """A deterministic, resumable batch iterator cycling through ``task_types`` (trainer tests)."""
 
-    def __init__(self, task_types, batch=8, length=16, vocab=512, seed=0, on_batch=None):
+    def __init__(self, task_types, batch=8, length=16, vocab=512, seed=0, on_batch=None, shard_index=0,
+                 num_shards=1):
+        """``batch`` is the global batch; shard ``shard_index`` of ``num_shards`` yields its own rows."""
         self.task_types, self.batch, self.length, self.vocab, self.seed = task_types, batch, length, vocab, seed
         self.position = 0
         self.on_batch = on_batch
+        self.shard_index, self.num_shards = shard_index, num_shards
 
     def __iter__(self):
         return self
@@ -56,6 +59,8 @@ class SyntheticBatches:
     def __next__(self):
         task_type = self.task_types[self.position % len(self.task_types)]
         out = synthetic_batch(task_type, self.batch, self.length, self.vocab, seed=self.seed + self.position)
+        rows = self.batch // self.num_shards
+        out = {k: v[self.shard_index * rows:(self.shard_index + 1) * rows] for k, v in out.items()}
         self.position += 1
         if self.on_batch:
             self.on_batch(self.position)
