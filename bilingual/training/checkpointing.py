@@ -16,14 +16,13 @@ directory, and nothing is half-loaded into the running state.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bilingual.checkpoints import CheckpointError
+from bilingual.checkpoints import CheckpointError, as_path
 from bilingual.training.steps import TrainState
 
 ITEMS = ("model", "opt_state", "meta", "data")
@@ -33,7 +32,7 @@ class TrainCheckpointer:
     """Save and restore ``TrainState`` plus metadata and the data-iterator state."""
 
     def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = as_path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)

@@ -7,7 +7,6 @@ Only process 0 writes event files.
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
@@ -16,7 +15,7 @@ from clu import metric_writers
 
 
 class MetricsLog:
-    def __init__(self, logdir: pathlib.Path, *, total_steps: int, peak_flops: float):
+    def __init__(self, logdir, *, total_steps: int, peak_flops: float):
         self.writer = metric_writers.create_default_writer(str(logdir), just_logging=jax.process_index() > 0,
                                                            asynchronous=False)
         self.total_steps = total_steps

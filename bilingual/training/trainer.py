@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import pathlib
 import signal
 import time
 from typing import Any, Callable, Optional, Protocol
@@ -90,14 +89,14 @@ def validate(config: TrainConfig, mesh) -> None:
         raise ConfigurationError(f"TrainConfig.num_steps must be >= 1, got {config.num_steps}")
     if config.step.sts_loss not in ("pearson", "mse"):
         raise ConfigurationError(f"StepConfig.sts_loss={config.step.sts_loss!r}: expected 'pearson' or 'mse'")
-    if config.init_from is not None and not pathlib.Path(config.init_from).exists():
+    if config.init_from is not None and not checkpoints.as_path(config.init_from).exists():
         raise ConfigurationError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
                                  "stage's checkpoint directory or a Hugging Face export)")
 
 
 def load_initial_encoder(path: str) -> tuple[EncoderConfig, Any]:
     """Encoder parameters from an orbax checkpoint (any stage) or a Hugging Face export directory."""
-    path_obj = pathlib.Path(path)
+    path_obj = checkpoints.as_path(path)
     if (path_obj / "config.json").exists():
         from bilingual.export.hf_import import import_hf  # the HF layout, when an export is given
         config, params, _ = import_hf(path_obj)
@@ -109,7 +108,7 @@ def load_initial_encoder(path: str) -> tuple[EncoderConfig, Any]:
 class TrainResult:
     state: steps.TrainState
     history: list[dict]
-    workdir: pathlib.Path
+    workdir: Any  # etils.epath.Path
 
 
 def train(config: TrainConfig, workdir, batches: BatchIterator, *,
@@ -119,7 +118,7 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *,
 
     ``stop_after`` ends the loop early at that step with a checkpoint, as a preemption would (tests).
     """
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = checkpoints.as_path(workdir)  # local or gs://
     mesh = sharding.make_mesh(config.mesh)
     validate(config, mesh)
     model = steps.model_for_stage(config.stage, config.model)
