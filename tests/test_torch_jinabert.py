@@ -282,3 +282,18 @@ def test_published_attn_implementation_key_is_accepted():
 def test_config_rejects_unknown_choices(field, value):
     with pytest.raises(ValueError, match=field):
         _config(**{field: value})
+
+
+def test_sequence_classification_head_reads_the_mean_embedding():
+    config = _config(num_labels=3)
+    model = _randomise(mb.JinaBertForSequenceClassification(config))
+    ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([2, 0]))
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy()
+    pooled = np.stack([hidden[0, :3].mean(0), hidden[1].mean(0)])
+    w, b = model.classifier.weight.detach().numpy(), model.classifier.bias.detach().numpy()
+    logits = pooled @ w.T + b
+    np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(out.loss.item(), -(log_softmax[0, 2] + log_softmax[1, 0]) / 2, rtol=1e-5)
