@@ -34,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=EXPORT_DTYPES, help="storage dtype of the weights")
     parser.add_argument("--mlm_head", action="store_true", help="include the masked-LM head")
     parser.add_argument("--auto_map", default="local", choices=AUTO_MAP_KINDS)
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     parser.add_argument("--name", default=None, help="model name for the model card (default: the --out name)")
     return parser.parse_args(argv)
 
@@ -53,7 +54,8 @@ def main(argv=None) -> int:
         else:
             config, params = load_encoder(root / str(step))
         out = export_hf(config, params, args.out, tokenizer_dir=args.tokenizer, dtype=args.dtype,
-                        mlm_params=mlm_params, auto_map=args.auto_map, model_name=args.name)
+                        mlm_params=mlm_params, auto_map=args.auto_map, model_name=args.name,
+                        overwrite=args.overwrite)
     except (CheckpointError, ExportError, StateDictMismatch) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

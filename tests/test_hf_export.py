@@ -233,3 +233,22 @@ def test_export_errors(tmp_path, encoder, tokenizer_dir):
     broken = {**params, "encoder": {k: v for k, v in params["encoder"].items() if k != "layer_1"}}
     with pytest.raises(hf_state.StateDictMismatch, match=r"missing \(15\): encoder\.layer\.1\."):
         export_hf(config, broken, tmp_path / "e", tokenizer_dir=tokenizer_dir)
+
+
+def test_output_directory_policy(tmp_path, encoder, tokenizer_dir):
+    config, params, _ = encoder
+    out = tmp_path / "model"
+    with pytest.raises(ExportError, match="neither tokenizer.json"):
+        export_hf(config, params, out, tokenizer_dir=tmp_path)
+    assert not out.exists() and not list(tmp_path.glob(".model.partial-*"))  # nothing half-written
+    export_hf(config, params, out, tokenizer_dir=tokenizer_dir)
+    with pytest.raises(ExportError, match="not empty"):
+        export_hf(config, params, out, tokenizer_dir=tokenizer_dir, auto_map="upstream")
+    export_hf(config, params, out, tokenizer_dir=tokenizer_dir, auto_map="upstream", overwrite=True)
+    assert not (out / "modeling_bert.py").exists()  # the earlier export's code is gone, not left stale
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(ExportError, match="does not look like a model export"):
+        export_hf(config, params, other, tokenizer_dir=tokenizer_dir, overwrite=True)
+    assert (other / "todo.txt").read_text() == "mine"

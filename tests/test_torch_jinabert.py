@@ -297,3 +297,20 @@ def test_sequence_classification_head_reads_the_mean_embedding():
     np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(out.loss.item(), -(log_softmax[0, 2] + log_softmax[1, 0]) / 2, rtol=1e-5)
+
+
+def test_alibi_bias_is_built_per_query_block_for_the_actual_length(monkeypatch):
+    """No [N, L, L] bias for long inputs: each call builds [N, <= block, L] for the length actually given."""
+    shapes = []
+    original = mb.alibi_bias
+
+    def recording(slopes, positions, key_length, dtype):
+        bias = original(slopes, positions, key_length, dtype)
+        shapes.append(tuple(bias.shape))
+        return bias
+
+    monkeypatch.setattr(mb, "alibi_bias", recording)
+    monkeypatch.setattr(mb, "ATTENTION_QUERY_BLOCK", 8)
+    model = _randomise(mb.JinaBertModel(_config(num_hidden_layers=1, max_position_embeddings=8192)))
+    model(input_ids=torch.randint(0, 40, (1, 20)))
+    assert shapes == [(4, 8, 20), (4, 8, 20), (4, 4, 20)]

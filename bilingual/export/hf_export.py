@@ -19,6 +19,7 @@ torch needed to export.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Optional
@@ -44,7 +45,8 @@ class ExportError(ValueError):
     """Bad export input (tokenizer, parameters, options); the message names what is wrong."""
 
 
-def _copy_tokenizer(tokenizer_dir: pathlib.Path, out_dir: pathlib.Path, vocab_size: int) -> list[str]:
+def _tokenizer_files(tokenizer_dir: pathlib.Path, vocab_size: int) -> list[pathlib.Path]:
+    """The files to copy from ``tokenizer_dir``, after checking it is a tokenizer that fits the model."""
     if not tokenizer_dir.is_dir():
         raise ExportError(f"tokenizer directory {tokenizer_dir} does not exist")
     if not any((tokenizer_dir / name).is_file() for name in _TOKENIZER_MARKERS):
@@ -58,12 +60,28 @@ def _copy_tokenizer(tokenizer_dir: pathlib.Path, out_dir: pathlib.Path, vocab_si
         if size > vocab_size:
             raise ExportError(f"{tokenizer_json} has {size} tokens but the model's vocab_size is {vocab_size}: "
                               "ids beyond the embedding table would fail at run time")
-    copied = []
-    for path in sorted(tokenizer_dir.iterdir()):
-        if path.is_file() and path.name not in _OWN_FILES and not path.name.endswith(".safetensors"):
-            shutil.copy2(path, out_dir / path.name)
-            copied.append(path.name)
-    return copied
+    return [path for path in sorted(tokenizer_dir.iterdir())
+            if path.is_file() and path.name not in _OWN_FILES and not path.name.endswith(".safetensors")]
+
+
+def _prepare_output(out_dir: pathlib.Path, overwrite: bool) -> pathlib.Path:
+    """A fresh staging directory beside ``out_dir``; refuses to replace anything but an earlier export."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"output path {out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()):
+            if not overwrite:
+                raise ExportError(f"output directory {out_dir} is not empty; choose a new one or pass "
+                                  "overwrite=True (--overwrite) to replace an earlier export")
+            if not ((out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file()):
+                raise ExportError(f"refusing to overwrite {out_dir}: it does not look like a model export "
+                                  "(no config.json and model.safetensors)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
 
 
 def _write_json(path: pathlib.Path, value) -> None:
@@ -137,7 +155,8 @@ embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather toda
 
 
 def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: str = "float32",
-              mlm_params=None, auto_map: str = "local", model_name: Optional[str] = None) -> pathlib.Path:
+              mlm_params=None, auto_map: str = "local", model_name: Optional[str] = None,
+              overwrite: bool = False) -> pathlib.Path:
     """Write ``params`` (encoder parameters of ``config``; numpy or jax arrays, host memory) to ``out_dir``.
 
     Args:
@@ -146,6 +165,9 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
       dtype: storage dtype of the weights (``float32``, ``float16`` or ``bfloat16``).
       auto_map: ``"local"`` (code shipped in the directory, loads offline) or ``"upstream"``
         (``jinaai/jina-bert-implementation`` on the Hub, the released models' code).
+      overwrite: replace an earlier export at ``out_dir`` (anything else there is never touched).
+    Everything is written to a staging directory beside ``out_dir`` and renamed into place at the end, so
+    a failed export leaves no half-written model behind.
     Returns the output directory. Raises ``ExportError`` / ``StateDictMismatch`` on bad input.
     """
     if dtype not in hf_config.EXPORT_DTYPES:
@@ -163,18 +185,27 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
         expected[hf_state.DECODER_WEIGHT] = expected[hf_state.BERT_PREFIX + hf_state.WORD_EMBEDDINGS]
     hf_state.check_names_and_shapes(tensors, expected, "export_hf parameters")
 
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = _NUMPY_DTYPES[dtype]
-    stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
-              for name, value in sorted(tensors.items())}
-    save_file(stored, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    _write_json(out_dir / "config.json", hf_values)
-    if auto_map == "local":
-        for name in CODE_FILES:
-            shutil.copy2(HF_CODE_DIR / name, out_dir / name)
-    _copy_tokenizer(pathlib.Path(tokenizer_dir), out_dir, config.vocab_size)
-    write_sentence_transformers_files(out_dir, config)
-    (out_dir / "README.md").write_text(_model_card(config, masked_lm=masked_lm, dtype=dtype,
-                                                   auto_map_kind=auto_map, name=model_name or out_dir.name))
+    out_dir = pathlib.Path(out_dir).absolute()
+    tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), config.vocab_size)
+    staging = _prepare_output(out_dir, overwrite)
+    try:
+        target = _NUMPY_DTYPES[dtype]
+        stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
+                  for name, value in sorted(tensors.items())}
+        save_file(stored, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(staging / "config.json", hf_values)
+        if auto_map == "local":
+            for name in CODE_FILES:
+                shutil.copy2(HF_CODE_DIR / name, staging / name)
+        for path in tokenizer_files:
+            shutil.copy2(path, staging / path.name)
+        write_sentence_transformers_files(staging, config)
+        (staging / "README.md").write_text(_model_card(config, masked_lm=masked_lm, dtype=dtype,
+                                                       auto_map_kind=auto_map, name=model_name or out_dir.name))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out_dir
