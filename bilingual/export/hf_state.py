@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from bilingual import hf_layout
+from bilingual import hf_layout, modeling
 from bilingual.config import EncoderConfig
 
 BERT_PREFIX = "bert."
@@ -48,8 +48,6 @@ def reference_shapes(config: EncoderConfig, *, masked_lm: bool) -> dict[str, tup
     Names are ``bert.``-prefixed plus ``cls.predictions.*`` when ``masked_lm``. Nothing is computed:
     the Flax ``init`` is traced abstractly.
     """
-    from bilingual import modeling
-
     ids = jnp.zeros((1, 2), jnp.int32)
     model = modeling.JinaBertForMaskedLM(config) if masked_lm else modeling.JinaBert(config)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids)["params"])
