@@ -138,7 +138,9 @@ def test_sentence_transformers_matches_flax(encoder, tokenizer):
 
 
 @pytest.mark.parametrize("overrides", [{"qk_layernorm": True}, {"feed_forward_type": "reglu", "num_heads": 2},
-                                       {"add_pooler": True}])
+                                       {"add_pooler": True},
+                                       # 12 heads: the non-power-of-two slope list of the base models
+                                       {"hidden_size": 96, "num_heads": 12, "intermediate_size": 128}])
 def test_variants_match_flax(overrides, tmp_path, tokenizer_dir, batch):
     config = H.tiny_config(**overrides)
     params = H.init_params(config, seed=2)
