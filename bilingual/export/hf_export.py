@@ -114,8 +114,8 @@ def write_sentence_transformers_files(out_dir: pathlib.Path, config: EncoderConf
 
 
 def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str) -> str:
-    code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`)" if auto_map_kind == "local"
-            else f"the code of `{hf_config.UPSTREAM_REPO}` on the Hugging Face Hub")
+    code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, needs transformers >= 5)"
+            if auto_map_kind == "local" else f"the code of `{hf_config.UPSTREAM_REPO}` on the Hugging Face Hub")
     head = "\nThe masked-language-model head is included (`AutoModelForMaskedLM`).\n" if masked_lm else ""
     return f"""---
 library_name: sentence-transformers
