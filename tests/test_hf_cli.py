@@ -76,6 +76,30 @@ def test_encoder_export_in_float16_and_its_import(setup):
     _flat_equal(tree, traverse_util.unflatten_dict(rounded))
 
 
+def test_export_reads_a_trainer_checkpoint(setup, tmp_path):
+    """The trainer's checkpoints (extra opt_state and data items) export with the MLM head."""
+    import jax.numpy as jnp
+    import optax
+
+    from bilingual.training.checkpointing import TrainCheckpointer
+    from bilingual.training.steps import TrainState
+
+    base, config, params = setup
+    state = TrainState(step=jnp.asarray(40, jnp.int32), params=params, opt_state=optax.adamw(1e-3).init(params))
+    checkpointer = TrainCheckpointer(tmp_path / "run" / "checkpoints", async_save=False)
+    checkpointer.save(state, {"encoder_config": config.to_dict(), "stage": "mlm", "model": "masked_lm"},
+                      {"position": 7}, force=True)
+    checkpointer.close()
+    out = tmp_path / "hf"
+    assert export_cli.main(["--checkpoint", str(tmp_path / "run" / "checkpoints"), "--tokenizer",
+                            str(base / "tokenizer"), "--out", str(out), "--mlm_head"]) == 0
+    tensors = load_file(str(out / "model.safetensors"))
+    expected = hf_state.to_export_state_dict(params["bert"], params["cls"])
+    assert sorted(tensors) == sorted(expected)
+    for name in tensors:
+        np.testing.assert_array_equal(tensors[name], expected[name])
+
+
 def test_cli_errors(setup, capsys):
     base, _, _ = setup
     rc = export_cli.main(["--checkpoint", str(base / "enc_ckpt"), "--tokenizer", str(base / "tokenizer"),
