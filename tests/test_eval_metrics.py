@@ -7,7 +7,7 @@ import pytest
 
 from bilingual.evaluation import bitext, classification, clustering, pair_classification, retrieval, sts
 from bilingual.evaluation.data_files import Bitext, Labelled, PairScores, RetrievalData
-from tests.eval_fakes import TableEncoder
+from eval_fakes import TableEncoder
 
 
 def _unit(x):
