@@ -11,7 +11,9 @@ each batch is split across all local devices (parameters replicated), for multi-
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import os
 import pathlib
 from typing import Optional, Sequence, Union
@@ -41,10 +43,23 @@ def bucket_length(n_tokens: int, max_length: int) -> int:
     return min(max(MIN_BUCKET_LENGTH, _next_power_of_two(n_tokens)), max_length)
 
 
-def bucket_rows(n_rows: int, batch_size: int, multiple: int = 1) -> int:
-    """Padded row count: a power of two, at most ``batch_size`` rounded to ``multiple`` (device count)."""
-    rows = min(_next_power_of_two(n_rows), _next_power_of_two(batch_size))
+def bucket_rows(n_texts: int, batch_size: int, multiple: int = 1) -> int:
+    """Rows of every batch of one ``encode`` call over ``n_texts`` texts: ``batch_size``, or the next power
+    of two when all texts fit in one smaller batch (cheap single queries); rounded up to ``multiple``
+    (the device count). So a long run compiles one shape per bucket length."""
+    rows = batch_size if n_texts >= batch_size else min(_next_power_of_two(n_texts), batch_size)
     return -(-rows // multiple) * multiple
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_forward(config: EncoderConfig):
+    """One jitted forward per configuration, shared by all ``Encoder`` instances (and their shapes)."""
+    model = JinaBert(config)
+
+    def forward(params, input_ids, attention_mask):
+        return model.apply({"params": params}, input_ids, attention_mask, deterministic=True).embedding
+
+    return jax.jit(forward)
 
 
 def load_tokenizer(tokenizer):
@@ -86,7 +101,6 @@ class Encoder:
                              "this tokenizer does not belong to this model")
         pad = getattr(self.tokenizer, "pad_token_id", None)
         self.pad_token_id = config.pad_token_id if pad is None else int(pad)
-        self.model = JinaBert(config)
         self._devices = jax.local_devices() if data_parallel else jax.local_devices()[:1]
         if data_parallel:
             mesh = jax.sharding.Mesh(np.array(self._devices), ("data",))
@@ -94,14 +108,15 @@ class Encoder:
             param_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         else:
             self._batch_sharding = param_sharding = jax.sharding.SingleDeviceSharding(self._devices[0])
-        self.params = jax.device_put(params, param_sharding)
-        model = self.model
+        self._param_sharding = param_sharding
+        self.set_params(params)
+        self._forward = _compiled_forward(config)
+        self.compiled_shapes: list[tuple[int, int]] = []  # shapes this encoder had to compile
+        self.used_shapes: set[tuple[int, int]] = set()
 
-        def forward(p, input_ids, attention_mask):
-            return model.apply({"params": p}, input_ids, attention_mask, deterministic=True).embedding
-
-        self._forward = jax.jit(forward)
-        self.compiled_shapes: list[tuple[int, int]] = []
+    def set_params(self, params) -> None:
+        """Swap in new parameters of the same model (e.g. during training); nothing is recompiled."""
+        self.params = jax.device_put(params, self._param_sharding)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -157,6 +172,7 @@ class Encoder:
             return np.zeros((0, hidden), np.float32)
 
         ids = self.tokenize(texts, max_length)
+        n_rows = bucket_rows(len(ids), batch_size, len(self._devices))
         order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: memory errors show early
         out = np.empty((len(texts), hidden), np.float32)
         starts = range(0, len(order), batch_size)
@@ -165,7 +181,6 @@ class Encoder:
             rows = order[start:start + batch_size]
             batch = [ids[i] for i in rows]
             length = bucket_length(max(len(x) for x in batch), max_length)
-            n_rows = bucket_rows(len(batch), batch_size, len(self._devices))
             input_ids = np.full((n_rows, length), self.pad_token_id, np.int32)
             mask = np.zeros((n_rows, length), np.int32)
             mask[len(batch):, 0] = 1  # filler rows: one pad token each, so no row is fully masked
@@ -179,12 +194,21 @@ class Encoder:
 
     def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         shape = input_ids.shape
-        if shape not in self.compiled_shapes:
-            self.compiled_shapes.append(shape)
-            logger.info("compiling the encoder for batch shape %s (%d shape(s) so far)", shape, len(self.compiled_shapes))
+        self.used_shapes.add(shape)
+        before = self._cache_size()
+        start = time.perf_counter()
         input_ids = jax.device_put(input_ids, self._batch_sharding)
         mask = jax.device_put(mask, self._batch_sharding)
-        return np.asarray(jax.device_get(self._forward(self.params, input_ids, mask)), np.float32)
+        out = np.asarray(jax.device_get(self._forward(self.params, input_ids, mask)), np.float32)
+        if self._cache_size() > before:
+            self.compiled_shapes.append(shape)
+            logger.info("compiled the encoder for batch shape %s in %.1fs (%d shape(s) so far)", shape,
+                        time.perf_counter() - start, len(self.compiled_shapes))
+        return out
+
+    def _cache_size(self) -> int:
+        # jax's jitted functions report their number of compiled executables (private but stable API).
+        return self._forward._cache_size()
 
     # ------------------------------------------------------------------ integrations
     def as_mteb(self, **meta):

@@ -88,25 +88,30 @@ def test_truncation_keeps_the_first_tokens(model, encoder):
 def test_buckets():
     assert [bucket_length(n, 512) for n in (1, 16, 17, 33, 100, 500, 512)] == [16, 16, 32, 64, 128, 512, 512]
     assert bucket_length(300, 300) == 300
-    assert [bucket_rows(n, 32) for n in (1, 3, 5, 32)] == [1, 4, 8, 32]
-    assert bucket_rows(3, 24, multiple=8) == 8 and bucket_rows(20, 24, multiple=8) == 32
+    assert [bucket_rows(n, 32) for n in (1, 3, 5, 32, 1000)] == [1, 4, 8, 32, 32]
+    assert bucket_rows(3, 24, multiple=8) == 8 and bucket_rows(20, 24, multiple=8) == 24
 
 
 def test_compilations_are_bounded_and_logged(model, caplog):
-    encoder = Encoder(*model, build_tokenizer())
+    config, params = model
+    config = config.replace(layer_norm_eps=1e-6)  # a configuration no other test has compiled
+    encoder = Encoder(config, params, build_tokenizer())
     rng = np.random.default_rng(0)
     words = "der die das Hund Katze läuft schnell über eine grüne Wiese am Fluss".split()
     texts = [" ".join(rng.choice(words, size=rng.integers(1, 60))) for _ in range(120)]
     with caplog.at_level(logging.INFO, logger="bilingual.encoder_api"):
         first = encoder.encode(texts, batch_size=16)
-    shapes = set(encoder.compiled_shapes)
-    # lengths: powers of two 16..256 at most; rows: 16 for full batches, one power of two for the last.
-    assert len(shapes) <= 5 + 1
-    assert encoder._forward._cache_size() == len(shapes)
-    assert sum("compiling the encoder" in r.message for r in caplog.records) == len(shapes)
+    # every batch has 16 rows; lengths are powers of two, 16..128 here (the longest text has < 128 tokens)
+    assert encoder.used_shapes <= {(16, 16), (16, 32), (16, 64), (16, 128)}
+    assert encoder._forward._cache_size() == len(encoder.compiled_shapes) == len(encoder.used_shapes)
+    assert sum("compiled the encoder" in r.message for r in caplog.records) == len(encoder.used_shapes)
     second = encoder.encode(list(reversed(texts)), batch_size=16)
-    assert set(encoder.compiled_shapes) == shapes and encoder._forward._cache_size() == len(shapes)
+    assert encoder._forward._cache_size() == len(encoder.compiled_shapes) == len(encoder.used_shapes)
     np.testing.assert_allclose(second[::-1], first, atol=1e-6)
+    # another Encoder of the same configuration reuses the compiled shapes
+    again = Encoder(config, params, build_tokenizer())
+    again.encode(texts, batch_size=16)
+    assert again.compiled_shapes == [] and encoder._forward._cache_size() == len(encoder.used_shapes)
 
 
 def test_progress_bar(encoder, capsys):
@@ -120,7 +125,7 @@ def test_data_parallel_matches_single_device(model, encoder):
     assert jax.local_device_count() == 8
     parallel = Encoder(*model, build_tokenizer(), data_parallel=True)
     np.testing.assert_allclose(parallel.encode(TEXTS, batch_size=4), encoder.encode(TEXTS, batch_size=4), atol=1e-5)
-    assert all(rows % 8 == 0 for rows, _ in parallel.compiled_shapes)
+    assert parallel.used_shapes and all(rows % 8 == 0 for rows, _ in parallel.used_shapes)
 
 
 def test_bad_arguments(model, encoder):
