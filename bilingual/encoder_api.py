@@ -215,7 +215,7 @@ class Encoder:
         """This encoder behind the ``mteb`` ``EncoderProtocol`` (see ``bilingual.mteb_adapter``)."""
         from bilingual.mteb_adapter import MtebEncoder
 
-        return MtebEncoder(self, **meta)
+        return MtebEncoder(encoder=self, **meta)
 
 
 def _find_tokenizer(path: pathlib.Path, root: pathlib.Path, meta: dict) -> pathlib.Path:
