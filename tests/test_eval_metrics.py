@@ -259,9 +259,21 @@ def test_cross_validated_predictions_are_out_of_fold():
     seen = np.zeros(30, int)
     for train, test in splitter.split(emb, labels):
         seen[test] += 1
-        model = linear_model.LogisticRegression(max_iter=1000, random_state=0).fit(emb[train], labels[train])
-        np.testing.assert_array_equal(model.predict(emb[test]), predicted[test])
+        mean, std = emb[train].mean(0), emb[train].std(0)  # standardised on the training rows only
+        model = linear_model.LogisticRegression(max_iter=1000, random_state=0)
+        model.fit((emb[train] - mean) / std, labels[train])
+        np.testing.assert_array_equal(model.predict((emb[test] - mean) / std), predicted[test])
     assert (seen == 1).all()
+
+
+def test_classification_is_invariant_to_offset_and_scale():
+    # Embeddings = shared direction + small class signal (what normalised embeddings of a weak model look like).
+    rng = np.random.default_rng(8)
+    labels = np.array(["a", "b"] * 30)
+    signal = np.where(labels[:, None] == "a", 1.0, -1.0) * np.array([[1, 0, 0, 0]]) + rng.normal(0, 0.3, (60, 4))
+    squashed = 100.0 + 1e-3 * signal
+    assert (classification.classification_scores(squashed, labels, folds=5)
+            == classification.classification_scores(signal, labels, folds=5))
 
 
 def test_classification_needs_enough_rows_per_label():

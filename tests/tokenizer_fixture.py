@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-DEMO = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo"
+DEMO = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / "eval"
 
 EXTRA_TEXTS = [
     "Ein Mädchen bürstet sich die Haare.", "A girl is brushing her hair.", "Una chica se cepilla el pelo.",

@@ -1,5 +1,10 @@
 """Classification: logistic regression on frozen embeddings.
 
+Features are standardised (mean/variance fit on the training rows) before the regression, so the probe
+does not depend on the embeddings' offset and scale: L2-normalised embeddings of an untrained or
+anisotropic model differ only in small deviations from a shared direction, which an unscaled,
+regularised logistic regression would ignore and fall back to the majority class.
+
 With a separate test set the classifier is fit on the train set and scored on the test set (MTEB's
 setup for SIB-200); otherwise stratified k-fold cross-validation over one labelled set gives every
 text exactly one out-of-fold prediction, and accuracy is computed over those.
@@ -10,14 +15,15 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn import linear_model, metrics, model_selection
+from sklearn import linear_model, metrics, model_selection, pipeline, preprocessing
 
 from bilingual.evaluation.common import TextEncoder, embed_unique
 from bilingual.evaluation.data_files import Labelled
 
 
-def _classifier(seed: int) -> linear_model.LogisticRegression:
-    return linear_model.LogisticRegression(max_iter=1000, random_state=seed)
+def _classifier(seed: int) -> pipeline.Pipeline:
+    return pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                  linear_model.LogisticRegression(max_iter=1000, random_state=seed))
 
 
 def _scores(gold, predicted) -> dict[str, float]:
