@@ -29,6 +29,7 @@ from bilingual.modeling import JinaBert
 logger = logging.getLogger(__name__)
 
 MAX_SUPPORTED_LENGTH = 8192
+DEFAULT_MAX_LENGTH = 512
 MIN_BUCKET_LENGTH = 16
 AUTO_PROGRESS_MIN_BATCHES = 16
 
@@ -147,13 +148,14 @@ class Encoder:
                                  padding=False, return_attention_mask=False, return_token_type_ids=False)
         return encoded["input_ids"]
 
-    def encode(self, texts: Union[str, Sequence[str]], batch_size: int = 32, max_length: int = 512,
+    def encode(self, texts: Union[str, Sequence[str]], batch_size: int = 32, max_length: Optional[int] = None,
                normalize: bool = True, show_progress: Optional[bool] = None) -> np.ndarray:
         """Embeddings ``[len(texts), hidden_size]`` float32, row ``i`` for ``texts[i]`` (``[H]`` for one str).
 
         Args:
           batch_size: texts per forward pass (rows are padded up to a power of two <= batch_size).
-          max_length: tokens kept per text (truncation), at most 8192 and ``config.max_length``.
+          max_length: tokens kept per text (truncation), at most 8192 and ``config.max_length``;
+            ``None``: 512 (or ``config.max_length`` if smaller).
           normalize: L2-normalise each embedding (cosine similarity = dot product).
           show_progress: tqdm bar over batches; ``None`` shows it for more than 16 batches.
         """
@@ -165,6 +167,8 @@ class Encoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         limit = min(MAX_SUPPORTED_LENGTH, self.config.max_length)
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, limit)
         if not 2 <= max_length <= limit:
             raise ValueError(f"max_length must be in [2, {limit}] (8192 and EncoderConfig.max_length), got {max_length}")
         hidden = self.config.hidden_size

@@ -34,7 +34,7 @@ class MtebEncoder(AbsEncoder):
 
     def __init__(self, model_name: Optional[str] = None, revision: Optional[str] = None, *,
                  device: Optional[str] = None, encoder=None, tokenizer=None,
-                 languages: Optional[Sequence[str]] = None, max_length: int = 512, **kwargs: Any):
+                 languages: Optional[Sequence[str]] = None, max_length: Optional[int] = None, **kwargs: Any):
         if encoder is None:
             if model_name is None:
                 raise ValueError("MtebEncoder needs an encoder or a checkpoint path as model_name")

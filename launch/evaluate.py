@@ -61,7 +61,7 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
-def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32, max_length: int = 512,
+def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32, max_length=None,
              limit=None, suites_file=None, compute_dtype=None, log=print) -> dict:
     """Load ``model``, run ``suite`` and return the result document (what ``--out`` writes)."""
     from bilingual.encoder_api import Encoder
@@ -71,6 +71,8 @@ def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32,
     start = time.perf_counter()
     encoder = Encoder.from_checkpoint(model, tokenizer=tokenizer, compute_dtype=compute_dtype)
     load_seconds = time.perf_counter() - start
+    if max_length is None:
+        max_length = min(512, encoder.config.max_length)
 
     class Configured:  # fixes batch size and length for the evaluators' plain encode(texts)
         def encode(self, texts):
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=pathlib.Path, help="data root (default: bundled demo data)")
     parser.add_argument("--out", type=pathlib.Path, help="write the result JSON here")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--max-length", type=int, help="tokens per text (default 512, or the model's limit if smaller)")
     parser.add_argument("--limit", type=int, help="use only the first N rows/queries of each task (smoke runs)")
     parser.add_argument("--suites-file", type=pathlib.Path, help="suite definitions (default: the bundled suites.json)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="override the compute dtype")

@@ -134,6 +134,11 @@ def test_bad_arguments(model, encoder):
         encoder.encode(TEXTS, max_length=9000)
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         encoder.encode(["a", 3])
+    short = Encoder(config.replace(max_length=64), params, build_tokenizer())
+    assert short.encode(["x " * 200], normalize=False).shape == (1, config.hidden_size)  # default: 64 tokens
+    assert short.used_shapes == {(1, 64)}
+    with pytest.raises(ValueError, match=r"max_length must be in \[2, 64\]"):
+        short.encode(["x"], max_length=128)
     small = config.replace(vocab_size=100)
     with pytest.raises(ValueError, match=r"tokenizer has \d+ tokens but EncoderConfig.vocab_size is 100"):
         Encoder(small, params, build_tokenizer())

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def make_eval_hook(suite: str, data_root=None, tokenizer=None, every_n_steps: int = 1000, *,
-                   limit: Optional[int] = None, batch_size: int = 32, max_length: int = 512,
+                   limit: Optional[int] = None, batch_size: int = 32, max_length: Optional[int] = None,
                    prefix: str = "eval/", suites_file=suites.SUITES_FILE
                    ) -> Callable[[int, EncoderConfig, dict], dict[str, float]]:
     """``hook(step, config, params) -> dict[str, float]``; runs ``suite`` when ``step % every_n_steps == 0``.
