@@ -49,6 +49,9 @@ def test_pair_labels_loader(tmp_path):
     qnli = _write(tmp_path / "qnli.tsv", "question\tsentence\tlabel\nQ?\tS.\tentailment\nQ2?\tT.\tnot_entailment\n")
     data = load_pair_labels(qnli)
     assert data.sentences1 == ["Q?", "Q2?"] and data.sentences2 == ["S.", "T."] and data.values.tolist() == [1, 0]
+    id_first = _write(tmp_path / "idfirst.tsv", "id\tlabel\tpremise\thypothesis\n7\t1\tP.\tH.\n8\t0\tQ.\tI.\n")
+    data = load_pair_labels(id_first)
+    assert data.sentences1 == ["P.", "Q."] and data.sentences2 == ["H.", "I."] and data.values.tolist() == [1, 0]
     bad = _write(tmp_path / "bad.tsv", "sentence1\tsentence2\tlabel\nA\tB\tmaybe\n")
     with pytest.raises(EvalDataError, match=r"bad.tsv:2: label 'maybe'"):
         load_pair_labels(bad)
@@ -109,6 +112,10 @@ def test_retrieval_loader_errors(tmp_path):
         load_retrieval(*_beir(tmp_path, [{"_id": "d", "text": "t"}, {"_id": "d", "text": "u"}],
                               [{"_id": "q", "text": "?"}], [("q", "d", 1)]))
     c, q, r = _beir(tmp_path, [{"_id": "d", "text": "t"}], [{"_id": "q", "text": "?"}], [("q", "d", 1)])
+    _write(r, "q\td\t1\nq\td\t1\n")  # no header line
+    with pytest.raises(EvalDataError, match=r"qrels-test.tsv:1: expected a header line"):
+        load_retrieval(c, q, r)
+    _write(r, "query-id\tcorpus-id\tscore\nq\td\t1\n")
     _write(c, '{"_id": "d", "text": "t"}\n{"_id": "e", "text": \n')
     with pytest.raises(EvalDataError, match=r"corpus-de.jsonl:2: invalid JSON"):
         load_retrieval(c, q, r)

@@ -95,10 +95,22 @@ def load_sts(path, score_range: tuple[float, float] = (0.0, 5.0)) -> PairScores:
     return PairScores(s1, s2, np.asarray(scores, np.float64))
 
 
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"))
+
+
 def load_pair_labels(path) -> PairScores:
+    """Pairs from the columns named in ``PAIR_COLUMNS`` (else the first two columns other than
+    ``label``/``id``) with binary labels."""
     header, body = read_tsv(path, required=("label",), min_columns=3)
     ilabel = header.index("label")
-    i1, i2 = [i for i in range(len(header)) if i != ilabel][:2]
+    named = [(header.index(a), header.index(b)) for a, b in PAIR_COLUMNS if a in header and b in header]
+    if named:
+        i1, i2 = named[0]
+    else:
+        text_columns = [i for i, name in enumerate(header) if name not in ("label", "id")]
+        if len(text_columns) < 2:
+            raise EvalDataError(f"{path}:1: header {header} has no two text columns besides label/id")
+        i1, i2 = text_columns[:2]
     s1, s2, labels = [], [], []
     for number, cells in body:
         label = POSITIVE_LABELS.get(cells[ilabel].strip())
@@ -211,6 +223,9 @@ def load_retrieval(corpus_path, queries_path, qrels_path) -> RetrievalData:
     if not queries:
         raise EvalDataError(f"{queries_path}: no queries")
     header, body = read_tsv(qrels_path, min_columns=3)
+    if header[0] in queries or header[2].strip().lstrip("-").isdigit():
+        raise EvalDataError(f"{qrels_path}:1: expected a header line 'query-id<TAB>corpus-id<TAB>score', "
+                            f"got a data row {header}")
     qrels: dict[str, dict[str, int]] = {}
     for number, cells in body:
         query_id, doc_id = cells[0], cells[1]
