@@ -288,3 +288,16 @@ def test_evaluators_through_a_table_encoder():
     assert clustering.evaluate_clustering(enc, data)["v_measure"] == pytest.approx(100.0)
     bt = Bitext(["x1", "y1"], ["x2", "y2"], "de", "en")
     assert bitext.evaluate_bitext(enc, bt)["f1"] == 100.0
+
+
+def test_chunked_search_equals_one_block():
+    # Chunking over queries (forced small by the budget) must not change the results.
+    from bilingual.evaluation.common import query_chunks
+    rng = np.random.default_rng(9)
+    queries, docs = rng.normal(size=(37, 6)), rng.normal(size=(300, 6))
+    assert [s.start for s in query_chunks(37, 300, budget=3000)] == list(range(0, 37, 10))
+    sims = _unit(queries) @ _unit(docs).T
+    idx, scores = retrieval.top_k(queries, docs, 100, budget=3000)
+    np.testing.assert_array_equal(idx, np.argsort(-sims, axis=1)[:, :100])
+    np.testing.assert_allclose(scores, -np.sort(-sims, axis=1)[:, :100])
+    np.testing.assert_array_equal(bitext.nearest_neighbours(queries, docs, budget=3000), sims.argmax(1))

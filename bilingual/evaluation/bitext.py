@@ -11,15 +11,16 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics
 
-from bilingual.evaluation.common import TextEncoder, cosine_matrix, embed_unique
+from bilingual.evaluation.common import TextEncoder, embed_unique, l2_normalize, query_chunks
 from bilingual.evaluation.data_files import Bitext
 
 
-def nearest_neighbours(queries: np.ndarray, candidates: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def nearest_neighbours(queries: np.ndarray, candidates: np.ndarray, *, budget: int = 1 << 26) -> np.ndarray:
     """Index ``[n]`` of the most cosine-similar row of ``candidates [m, d]`` for each of ``queries [n, d]``."""
+    queries, candidates = l2_normalize(queries), l2_normalize(candidates)
     out = np.empty(len(queries), np.int64)
-    for start in range(0, len(queries), chunk):
-        out[start:start + chunk] = np.argmax(cosine_matrix(queries[start:start + chunk], candidates), axis=1)
+    for rows in query_chunks(len(queries), len(candidates), budget):
+        out[rows] = np.argmax(queries[rows] @ candidates.T, axis=1)
     return out
 
 

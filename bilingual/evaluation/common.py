@@ -21,9 +21,10 @@ class TextEncoder(Protocol):
 
 
 def embed(encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
-    """``encoder.encode(texts)`` as float64 ``[n, d]``, checked for shape and finiteness."""
+    """``encoder.encode(texts)`` as float32 ``[n, d]`` (as MTEB; large corpora), checked for shape and
+    finiteness."""
     texts = list(texts)
-    out = np.asarray(encoder.encode(texts), dtype=np.float64)
+    out = np.asarray(encoder.encode(texts), dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(texts):
         raise ValueError(f"encoder returned shape {out.shape} for {len(texts)} texts; expected [n, d]")
     if not np.all(np.isfinite(out)):
@@ -41,7 +42,7 @@ def embed_unique(encoder: TextEncoder, *groups: Sequence[str]) -> list[np.ndarra
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
+    return x / np.maximum(norms, np.asarray(1e-12, x.dtype))
 
 
 def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,3 +53,10 @@ def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """All-pairs cosine ``[n, m]`` of ``a [n, d]`` and ``b [m, d]``."""
     return l2_normalize(a) @ l2_normalize(b).T
+
+
+def query_chunks(n_queries: int, n_candidates: int, budget: int = 1 << 26):
+    """Slices of the query rows such that a ``[chunk, n_candidates]`` score block stays under ``budget``
+    entries (256 MB of float32), whatever the corpus size."""
+    step = max(1, min(4096, budget // max(n_candidates, 1)))
+    return (slice(start, start + step) for start in range(0, n_queries, step))

@@ -13,22 +13,26 @@ from typing import Sequence
 import numpy as np
 import pytrec_eval
 
-from bilingual.evaluation.common import TextEncoder, cosine_matrix, embed
+from bilingual.evaluation.common import TextEncoder, embed, l2_normalize, query_chunks
 from bilingual.evaluation.data_files import RetrievalData
 
 
-def top_k(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices [q, k'], scores [q, k'])`` of the ``k' = min(k, m)`` best documents per query, best first."""
+def top_k(query_emb: np.ndarray, doc_emb: np.ndarray, k: int, *, budget: int = 1 << 26) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices [q, k'], scores [q, k'])`` of the ``k' = min(k, m)`` best documents per query, best first.
+
+    Scores are computed in query chunks so that memory stays bounded for large corpora.
+    """
     k = min(k, len(doc_emb))
-    indices = np.empty((len(query_emb), k), np.int64)
-    scores = np.empty((len(query_emb), k), np.float64)
-    for start in range(0, len(query_emb), chunk):
-        sims = cosine_matrix(query_emb[start:start + chunk], doc_emb)
+    queries, docs = l2_normalize(query_emb), l2_normalize(doc_emb)
+    indices = np.empty((len(queries), k), np.int64)
+    scores = np.empty((len(queries), k), queries.dtype)
+    for rows in query_chunks(len(queries), len(docs), budget):
+        sims = queries[rows] @ docs.T
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         part_scores = np.take_along_axis(sims, part, axis=1)
         order = np.argsort(-part_scores, axis=1, kind="stable")
-        indices[start:start + chunk] = np.take_along_axis(part, order, axis=1)
-        scores[start:start + chunk] = np.take_along_axis(part_scores, order, axis=1)
+        indices[rows] = np.take_along_axis(part, order, axis=1)
+        scores[rows] = np.take_along_axis(part_scores, order, axis=1)
     return indices, scores
 
 
