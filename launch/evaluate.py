@@ -68,6 +68,7 @@ def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32,
     from bilingual.evaluation import suites
 
     tasks = suites.get_suite(suite, suites_file or suites.SUITES_FILE)
+    suites.check_files(tasks, data)  # before the (slow) model load
     start = time.perf_counter()
     encoder = Encoder.from_checkpoint(model, tokenizer=tokenizer, compute_dtype=compute_dtype)
     load_seconds = time.perf_counter() - start
@@ -120,8 +121,16 @@ def main(argv=None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (or use --compare A.json B.json)")
-    result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
-                      args.limit, args.suites_file, args.dtype, log=lambda m: print(m, file=sys.stderr))
+    from bilingual.checkpoints import CheckpointError
+    from bilingual.evaluation.data_files import EvalDataError
+    from bilingual.evaluation.suites import SuiteError
+
+    try:
+        result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
+                          args.limit, args.suites_file, args.dtype, log=lambda m: print(m, file=sys.stderr))
+    except (CheckpointError, EvalDataError, SuiteError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(format_results_table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,15 @@ def test_eval_hook(tiny_checkpoint):
     assert second["eval/average"] != first["eval/average"]
     with pytest.raises(EvalDataError, match="missing evaluation file"):
         make_eval_hook("de", data_root="/nonexistent", tokenizer=tokenizer_dir())
+
+
+def test_launch_evaluate_bad_input(tiny_checkpoint, tmp_path, capsys):
+    assert launch_evaluate.main(["--model", str(tmp_path / "nope"), "--suite", "de"]) == 2
+    assert f"checkpoint path {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    assert launch_evaluate.main(["--model", str(tiny_checkpoint[0]), "--suite", "de", "--data", str(tmp_path)]) == 2
+    assert "missing evaluation file(s) under data root" in capsys.readouterr().err
+    assert launch_evaluate.main(["--model", str(tiny_checkpoint[0]), "--suite", "fr"]) == 2
+    assert "unknown suite 'fr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        launch_evaluate.main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert "cannot read result file" in capsys.readouterr().err

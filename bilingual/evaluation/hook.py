@@ -36,10 +36,7 @@ def make_eval_hook(suite: str, data_root=None, tokenizer=None, every_n_steps: in
     from bilingual.encoder_api import Encoder, load_tokenizer
 
     tasks = suites.get_suite(suite, suites_file)
-    root = data_root if data_root is not None else suites.DEMO_DATA_ROOT
-    missing = [str(p) for t in tasks for p in t.paths(root).values() if not p.is_file()]
-    if missing:
-        raise suites.EvalDataError(f"eval hook: missing evaluation file(s): {', '.join(missing)}")
+    root = suites.check_files(tasks, data_root)
     tokenizer = load_tokenizer(tokenizer)
     state: dict = {}
 

@@ -172,6 +172,15 @@ class CachingEncoder:
         return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
 
+def check_files(tasks: Sequence[Task], data_root=None) -> pathlib.Path:
+    """The data root (default: the bundled demo data), after checking that every task file exists."""
+    data_root = pathlib.Path(data_root) if data_root is not None else DEMO_DATA_ROOT
+    missing = [str(p) for t in tasks for p in t.paths(data_root).values() if not p.is_file()]
+    if missing:
+        raise EvalDataError(f"missing evaluation file(s) under data root {data_root}: {', '.join(missing)}")
+    return data_root
+
+
 def run_suite(encoder: TextEncoder, tasks: Sequence[Task], data_root=None, *, limit: Optional[int] = None,
               log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Run ``tasks`` and return ``{"tasks": {name: {...}}, "data_root", "timings"}``.
@@ -179,10 +188,7 @@ def run_suite(encoder: TextEncoder, tasks: Sequence[Task], data_root=None, *, li
     Per task: type, languages, main metric and score, all metrics, files with sha256, seconds.
     All files of all tasks are checked for existence before anything is encoded.
     """
-    data_root = pathlib.Path(data_root) if data_root is not None else DEMO_DATA_ROOT
-    missing = [str(p) for t in tasks for p in t.paths(data_root).values() if not p.is_file()]
-    if missing:
-        raise EvalDataError(f"missing evaluation file(s) under data root {data_root}: {', '.join(missing)}")
+    data_root = check_files(tasks, data_root)
     cached = CachingEncoder(encoder)
     results: dict[str, Any] = {}
     start_all = time.perf_counter()
