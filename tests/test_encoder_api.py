@@ -163,3 +163,20 @@ def test_from_orbax_checkpoint(model, encoder, tmp_path):
         Encoder.from_checkpoint(tmp_path / "b")
     build_tokenizer().save_pretrained(str(tmp_path / "b" / "tokenizer"))
     np.testing.assert_allclose(Encoder.from_checkpoint(tmp_path / "b").encode(TEXTS), expected, atol=1e-6)
+
+
+def test_long_input_uses_chunked_attention_and_matches_reference(model, encoder):
+    # ~1100 tokens: above chunked_min_length (1024), padded to the 2048 bucket.
+    config, params = model
+    tok = build_tokenizer()
+    text = " ".join(TEXTS * 60)
+    ids = tok(text, truncation=True, max_length=1100)["input_ids"]
+    assert len(ids) == 1100 and config.chunked_min_length < 1100
+    got = encoder.encode([text], max_length=1100, normalize=False)[0]
+    assert (1, 1100) in encoder.used_shapes  # the bucket is capped at max_length
+    np.testing.assert_allclose(got, _reference_embedding(config, params, ids), rtol=1e-4, atol=1e-5)
+    got_2048 = encoder.encode([text, TEXTS[0]], max_length=2048, normalize=False)
+    full = tok(text, truncation=True, max_length=2048)["input_ids"]
+    assert len(full) == 2048 and (2, 2048) in encoder.used_shapes
+    # the short text, padded to 2048 tokens next to the long one, embeds as it does alone
+    np.testing.assert_allclose(got_2048[1], encoder.encode([TEXTS[0]], normalize=False)[0], atol=1e-5)
