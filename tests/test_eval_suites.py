@@ -3,7 +3,6 @@ the trainer hook."""
 
 import hashlib
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
