@@ -1,6 +1,6 @@
 """Flax encoder vs its Hugging Face export (transformers and sentence-transformers): largest differences.
 
-    PYTHONPATH=. python benchmarks/hf_parity.py [--lengths 1,16,128,600,2048]
+    PYTHONPATH=. python benchmarks/hf_parity.py [--lengths 1,16,128,600,2048] [--layout qk_post_norm]
 
 Trains a byte-level BPE on the bundled demo sentences, initialises a ``tiny`` encoder (LayerNorms perturbed so
 none is the identity), exports it (float32, float16, bfloat16, and with the MLM head) and prints, per check,
@@ -67,7 +67,8 @@ def init(config, masked_lm, seed=0):
     for path, value in flat.items():
         if path[-1] == "scale":
             flat[path] = (1 + 0.3 * rng.standard_normal(value.shape)).astype(np.float32)
-        elif path[-1] == "bias" and path[-2] in ("LayerNorm", "layernorm", "predictions"):
+        elif path[-1] == "bias" and (path[-2] in ("LayerNorm", "layernorm", "predictions")
+                                     or path[-2].startswith("layer_norm")):
             flat[path] = (0.1 * rng.standard_normal(value.shape)).astype(np.float32)
     return traverse_util.unflatten_dict(flat)
 
@@ -86,6 +87,9 @@ def batch(tokenizer, texts, lengths):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="1,16,128,600,2048")
+    parser.add_argument("--layout", default="post_ln", choices=("post_ln", "qk_post_norm"),
+                        help="EncoderConfig.layer_layout; qk_post_norm is the jina-bert-v2-qk-post-norm layer "
+                             "(base-es), exported under its published names")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
 
@@ -99,7 +103,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         tokenizer = train_tokenizer(texts, tmp / "tok")
-        config = get_config("tiny", vocab_size=1024, hidden_dropout=0.0, pad_token_id=1)
+        layout = dict(layer_layout=args.layout, qk_layernorm=args.layout == "qk_post_norm")
+        config = get_config("tiny", vocab_size=1024, hidden_dropout=0.0, pad_token_id=1, **layout)
         params = init(config, masked_lm=True)
         ids, mask = batch(tokenizer, texts, lengths)
         valid = mask.astype(bool)
@@ -144,7 +149,8 @@ def main() -> None:
             rows.append((f"transformers {dtype} weights: last hidden", np.abs(h - flax_hidden)[valid].max(),
                          2e-2 if dtype == "float16" else 1e-1))
 
-    print(f"tiny encoder, batch lengths {lengths} (padded to {max(lengths)}), vocab {config.vocab_size}")
+    print(f"tiny encoder, layer_layout={config.layer_layout}, batch lengths {lengths} (padded to {max(lengths)}), "
+          f"vocab {config.vocab_size}")
     print(f"{'check':48s} {'max |diff|':>12s} {'tolerance':>10s}")
     for name, diff, tol in rows:
         print(f"{name:48s} {diff:12.3e} {tol:10.0e}  {'ok' if diff <= tol else 'FAIL'}")

@@ -76,6 +76,25 @@ def test_encoder_export_in_float16_and_its_import(setup):
     _flat_equal(tree, traverse_util.unflatten_dict(rounded))
 
 
+def test_qk_post_norm_checkpoint_round_trip_through_the_cli(setup, tmp_path):
+    """A base-es-style (layer_layout='qk_post_norm') checkpoint exports in the published qk-post-norm names with
+    the upstream auto_map of jina-embeddings-v2-base-es, and imports back to the same config and parameters."""
+    base, _, _ = setup
+    config = H.tiny_config(num_layers=1, qk_layernorm=True, layer_layout="qk_post_norm")
+    params = H.init_params(config, seed=8)
+    save_encoder(tmp_path / "es_ckpt", 3, config, params, model_kind="encoder")
+    out = tmp_path / "hf_es"
+    assert export_cli.main(["--checkpoint", str(tmp_path / "es_ckpt"), "--tokenizer", str(base / "tokenizer"),
+                            "--out", str(out), "--auto_map", "upstream"]) == 0
+    values = json.loads((out / "config.json").read_text())
+    assert values["auto_map"]["AutoModel"] == "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel"
+    assert "encoder.layer.0.mlp.up_gated_layer.weight" in load_file(str(out / "model.safetensors"))
+    assert import_cli.main(["--hf", str(out), "--out", str(tmp_path / "imported")]) == 0
+    config2, _, tree = load_model_tree(tmp_path / "imported")
+    assert config2.to_dict() == config.to_dict()
+    _flat_equal(tree, params)
+
+
 def test_export_reads_a_trainer_checkpoint(setup, tmp_path):
     """The trainer's checkpoints (extra opt_state and data items) export with the MLM head."""
     import jax.numpy as jnp

@@ -211,9 +211,113 @@ def test_upstream_auto_map(tmp_path, encoder, tokenizer_dir):
             "jinaai/jina-bert-implementation--modeling_bert.JinaBertForSequenceClassification",
     }
     assert not (out / "modeling_bert.py").exists()
-    with pytest.raises(ExportError, match="qk-LayerNorm"):
-        qk = H.tiny_config(qk_layernorm=True)
+    # The qk-LayerNorm in the jina-bert-implementation layer has no published code.
+    qk = H.tiny_config(qk_layernorm=True)
+    with pytest.raises(ExportError, match="qk-LayerNorm in the jina-bert-implementation layer"):
         export_hf(qk, H.init_params(qk), tmp_path / "qk", tokenizer_dir=tokenizer_dir, auto_map="upstream")
+    assert not (tmp_path / "qk").exists()
+
+
+def test_upstream_auto_map_of_the_qk_post_norm_layout(tmp_path, tokenizer_dir):
+    """Like jina-embeddings-v2-base-es: auto_map points at jinaai/jina-bert-v2-qk-post-norm."""
+    config = H.tiny_config(**QK_POST_NORM)
+    out = export_hf(config, H.init_params(config), tmp_path / "up-es", tokenizer_dir=tokenizer_dir,
+                    auto_map="upstream")
+    values = json.loads((out / "config.json").read_text())
+    assert values["auto_map"] == {
+        "AutoConfig": "jinaai/jina-bert-v2-qk-post-norm--configuration_bert.JinaBertConfig",
+        "AutoModel": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel",
+        "AutoModelForMaskedLM": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertForMaskedLM",
+        "AutoModelForSequenceClassification":
+            "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertForSequenceClassification",
+    }
+    assert values["layer_layout"] == "jina-bert-v2-qk-post-norm" and values["qk_layernorm"] is True
+    assert not (out / "modeling_bert.py").exists()
+    assert "`jinaai/jina-bert-v2-qk-post-norm` on the Hugging Face Hub" in (out / "README.md").read_text()
+
+
+QK_POST_NORM = {"qk_layernorm": True, "layer_layout": "qk_post_norm"}
+
+
+@pytest.fixture(scope="session")
+def qk_post_norm_encoder(tmp_path_factory, tokenizer_dir):
+    config = H.tiny_config(**QK_POST_NORM)
+    params = H.init_params(config, seed=11)
+    out = export_hf(config, params, tmp_path_factory.mktemp("export") / "tiny-es-en", tokenizer_dir=tokenizer_dir)
+    return config, params, out
+
+
+def test_qk_post_norm_export_writes_the_published_names(qk_post_norm_encoder):
+    config, params, out = qk_post_norm_encoder
+    values = json.loads((out / "config.json").read_text())
+    assert values["layer_layout"] == "jina-bert-v2-qk-post-norm" and values["qk_layernorm"] is True
+    assert values["auto_map"]["AutoModel"] == "modeling_bert.JinaBertModel"
+    assert "`jina-bert-v2-qk-post-norm` layout" in (out / "README.md").read_text()
+    tensors = load_file(str(out / "model.safetensors"))
+    H_, I_, V_ = 128, 512, 640
+    # Names and shapes of the jina-bert-v2-qk-post-norm layout, written out here (not from hf_layout).
+    expected = {"embeddings.word_embeddings.weight": (V_, H_), "embeddings.token_type_embeddings.weight": (2, H_),
+                "embeddings.LayerNorm.weight": (H_,), "embeddings.LayerNorm.bias": (H_,)}
+    for n in range(2):
+        p = f"encoder.layer.{n}."
+        for proj in ("query", "key", "value"):
+            expected[p + f"attention.self.{proj}.weight"] = (H_, H_)
+            expected[p + f"attention.self.{proj}.bias"] = (H_,)
+        for norm in ("attention.self.layer_norm_q", "attention.self.layer_norm_k", "attention.output.LayerNorm",
+                     "layer_norm_1", "layer_norm_2"):
+            expected[p + norm + ".weight"] = (H_,)
+            expected[p + norm + ".bias"] = (H_,)
+        expected.update({p + "attention.output.dense.weight": (H_, H_), p + "attention.output.dense.bias": (H_,),
+                         p + "mlp.up_gated_layer.weight": (2 * I_, H_), p + "mlp.down_layer.weight": (H_, I_),
+                         p + "mlp.down_layer.bias": (H_,)})
+    assert {k: v.shape for k, v in tensors.items()} == expected
+    # Rows 0..I-1 of up_gated_layer are the linear part, as in the Flax kernel's first I columns.
+    np.testing.assert_array_equal(tensors["encoder.layer.0.mlp.up_gated_layer.weight"][:I_],
+                                  np.asarray(params["encoder"]["layer_0"]["mlp"]["up_gated_layer"]["kernel"])[:, :I_].T)
+
+
+def test_qk_post_norm_automodel_matches_flax(qk_post_norm_encoder, batch):
+    config, params, out = qk_post_norm_encoder
+    ids, mask = batch
+    model = _load_automodel(out)
+    assert model.config.layer_layout == "jina-bert-v2-qk-post-norm"
+    assert type(model.encoder.layer[0].mlp).__name__ == "JinaBertQKPostNormMLP"
+    torch_hidden = _torch_forward(model, ids, mask).last_hidden_state.numpy()
+    m = mask[..., None].astype(np.float64)
+    torch_embedding = (torch_hidden * m).sum(1) / m.sum(1)
+    for impl in ("dense", "chunked"):  # lengths up to 600: both Flax attention paths against PyTorch
+        flax_hidden, flax_embedding = H.flax_encoder(config.replace(attention_impl=impl, attention_block_size=128),
+                                                     params, ids, mask)
+        _assert_hidden_close(torch_hidden, flax_hidden, mask, atol=1e-5)
+        np.testing.assert_allclose(torch_embedding, flax_embedding, atol=1e-5, rtol=0)
+
+
+def test_qk_post_norm_sentence_transformers_matches_flax(qk_post_norm_encoder, tokenizer):
+    from sentence_transformers import SentenceTransformer
+
+    config, params, out = qk_post_norm_encoder
+    texts = ["El", "Berlin"] + [H.long_text(i, n, tokenizer) for i, n in zip(range(1, 12, 2), LENGTHS[2:])]
+    st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    st_embeddings = st.encode(texts, batch_size=4, convert_to_numpy=True)
+    encoded = tokenizer(texts, padding=True, return_tensors="np")
+    assert encoded["attention_mask"].sum(1).max() >= 600
+    _, flax_embedding = H.flax_encoder(config, params, encoded["input_ids"], encoded["attention_mask"])
+    np.testing.assert_allclose(st_embeddings, H.normalise(flax_embedding), atol=1e-5, rtol=0)
+
+
+def test_qk_post_norm_masked_lm_head_matches_flax(tmp_path, tokenizer_dir, batch):
+    config = H.tiny_config(**QK_POST_NORM)
+    params = H.init_params(config, masked_lm=True, seed=12)
+    out = export_hf(config, params["bert"], tmp_path / "mlm-es", tokenizer_dir=tokenizer_dir,
+                    mlm_params=params["cls"], dtype="float32")
+    tensors = load_file(str(out / "model.safetensors"))
+    assert "bert.encoder.layer.1.mlp.up_gated_layer.weight" in tensors and "cls.predictions.decoder.weight" in tensors
+    ids, mask = batch
+    ids, mask = ids[:, :200], mask[:, :200]
+    logits, _ = modeling.JinaBertForMaskedLM(config).apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+    torch_logits = _torch_forward(_load_automodel(out, "AutoModelForMaskedLM"), ids, mask).logits.numpy()
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(torch_logits[valid], np.asarray(logits)[valid], atol=1e-4, rtol=0)
 
 
 def test_export_errors(tmp_path, encoder, tokenizer_dir):

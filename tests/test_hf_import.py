@@ -47,10 +47,14 @@ def _model_fields(config):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("variant", [{}, {"qk_layernorm": True, "add_pooler": True}, "masked_lm"])
+@pytest.mark.parametrize("variant", [{}, {"qk_layernorm": True, "add_pooler": True}, "masked_lm",
+                                     {"qk_layernorm": True, "layer_layout": "qk_post_norm", "add_pooler": True},
+                                     "masked_lm_qk_post_norm"])
 def test_import_then_export_reproduces_every_tensor_bit_for_bit(dtype, variant, tmp_path, tokenizer_dir):
-    masked_lm = variant == "masked_lm"
-    config = H.tiny_config(num_layers=1, **({} if masked_lm else variant))
+    masked_lm = isinstance(variant, str)
+    if variant == "masked_lm_qk_post_norm":
+        variant = {"qk_layernorm": True, "layer_layout": "qk_post_norm"}
+    config = H.tiny_config(num_layers=1, **(variant if isinstance(variant, dict) else {}))
     params = H.init_params(config, masked_lm=masked_lm, seed=5)
     if masked_lm:
         first = export_hf(config, params["bert"], tmp_path / "a", tokenizer_dir=tokenizer_dir, dtype=dtype,
@@ -176,18 +180,101 @@ def test_untied_decoder_is_refused(tmp_path, exported):
         import_hf(_write_dir(tmp_path / "untied", values, tensors))
 
 
-def test_qk_post_norm_checkpoint_is_refused_with_the_reason(tmp_path):
+QK_POST_NORM_UPSTREAM = "jinaai/jina-bert-v2-qk-post-norm--"
+
+
+def _published_es_style(path, model):
+    """Save ``model`` (shipped code, qk-post-norm layer) as transformers does, then rewrite config.json like
+    the published jina-embeddings-v2-base-es one: no keys of ours, auto_map at jinaai/jina-bert-v2-qk-post-norm."""
+    model.save_pretrained(str(path))
+    values = json.loads((path / "config.json").read_text())
+    for key in ("qk_layernorm", "layer_layout", "add_pooling_layer"):
+        values.pop(key, None)
+    values["auto_map"] = {"AutoConfig": QK_POST_NORM_UPSTREAM + "configuration_bert.JinaBertConfig",
+                          "AutoModel": QK_POST_NORM_UPSTREAM + "modeling_bert.JinaBertModel",
+                          "AutoModelForMaskedLM": QK_POST_NORM_UPSTREAM + "modeling_bert.JinaBertForMaskedLM"}
+    (path / "config.json").write_text(json.dumps(values))
+    return path
+
+
+def _qk_post_norm_torch_model(masked_lm):
     from bilingual.export.hf_code import modeling_bert as mb
     from bilingual.export.hf_code.configuration_bert import JinaBertConfig
 
-    config = JinaBertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
-                            intermediate_size=8, layer_layout="jina-bert-v2-qk-post-norm")
-    model = mb.JinaBertModel(config)
-    tensors = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    values = {**config.to_dict()}
-    values.pop("layer_layout")  # the published config has no such key: the names must give it away
-    with pytest.raises(HFImportError, match="jina-bert-v2-qk-post-norm layer"):
-        import_hf(_write_dir(tmp_path / "qkpn", values, tensors))
+    config = JinaBertConfig(vocab_size=640, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                            layer_layout="jina-bert-v2-qk-post-norm", attn_implementation="torch")
+    model = (mb.JinaBertForMaskedLM if masked_lm else mb.JinaBertModel)(config)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1.0 if name.endswith("weight") and p.ndim == 1 else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.mark.parametrize("masked_lm", [False, True])
+def test_published_qk_post_norm_checkpoint_imports_and_matches_torch(masked_lm, tmp_path, tokenizer_dir):
+    """A jina-bert-v2-qk-post-norm checkpoint (base-es layout) becomes a layer_layout='qk_post_norm' model
+    whose Flax forward equals the PyTorch one, and exports back to the same tensors."""
+    from transformers import AutoTokenizer
+
+    model = _qk_post_norm_torch_model(masked_lm)
+    path = _published_es_style(tmp_path / "es", model)
+    config, params, extras = import_hf(path)
+    assert config.layer_layout == "qk_post_norm" and config.qk_layernorm
+    assert extras["masked_lm"] == masked_lm and not config.add_pooler
+    assert (config.hidden_size, config.num_layers, config.intermediate_size) == (32, 2, 48)
+
+    ids, mask = H.padded_batch(AutoTokenizer.from_pretrained(str(tokenizer_dir)), [3, 77, 20])
+    encoder = model.bert if masked_lm else model
+    with torch.no_grad():
+        hidden = encoder(input_ids=torch.tensor(ids, dtype=torch.long),
+                         attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    flax_hidden, _ = H.flax_encoder(config, params, ids, mask)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(flax_hidden[valid], hidden[valid], atol=1e-5, rtol=0)
+
+    again = export_hf(config, params, tmp_path / "again", tokenizer_dir=tokenizer_dir, dtype=extras["dtype"],
+                      mlm_params=extras["mlm_params"])
+    original, written = _tensors(path), _tensors(again)
+    # Tied aliases: transformers may save or drop them; we always write the decoder weight, never its bias.
+    original.pop("cls.predictions.decoder.bias", None)
+    if masked_lm and "cls.predictions.decoder.weight" not in original:
+        np.testing.assert_array_equal(written.pop("cls.predictions.decoder.weight"),
+                                      original["bert.embeddings.word_embeddings.weight"])
+    _assert_same_tensors(original, written)
+    assert json.loads((again / "config.json").read_text())["layer_layout"] == "jina-bert-v2-qk-post-norm"
+
+
+def test_qk_post_norm_names_are_detected_without_any_config_hint(tmp_path):
+    model = _qk_post_norm_torch_model(False)
+    model.save_pretrained(str(tmp_path / "plain"))
+    values = json.loads((tmp_path / "plain" / "config.json").read_text())
+    for key in ("qk_layernorm", "layer_layout", "auto_map"):
+        values.pop(key, None)
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(values))
+    config, _, _ = import_hf(tmp_path / "plain")
+    assert config.layer_layout == "qk_post_norm" and config.qk_layernorm
+
+
+def test_layout_contradictions_are_refused(tmp_path, exported):
+    _, _, path = exported
+    values = json.loads((path / "config.json").read_text())
+    standard = _tensors(path)
+    # Standard names, config.json saying qk-post-norm (its key, or the auto_map of base-es).
+    with pytest.raises(HFImportError, match=r"tensors are in the jina-bert-implementation layout \(e\.g\. "
+                                            r"encoder\.layer\.0\.mlp\..*states jina-bert-v2-qk-post-norm"):
+        import_hf(_write_dir(tmp_path / "a", {**values, "layer_layout": "jina-bert-v2-qk-post-norm"}, standard))
+    es_map = {"AutoModel": QK_POST_NORM_UPSTREAM + "modeling_bert.JinaBertModel"}
+    no_key = {k: v for k, v in values.items() if k != "layer_layout"}
+    with pytest.raises(HFImportError, match="states jina-bert-v2-qk-post-norm"):
+        import_hf(_write_dir(tmp_path / "b", {**no_key, "auto_map": es_map}, standard))
+    # Names of both layouts at once.
+    mixed = dict(standard, **{"encoder.layer.0.layer_norm_1.weight": np.ones(128, np.float32)})
+    with pytest.raises(HFImportError, match="tensors of two layer layouts"):
+        import_hf(_write_dir(tmp_path / "c", values, mixed))
+    with pytest.raises(HFConfigError, match="layer_layout must be one of"):
+        import_hf(_write_dir(tmp_path / "d", {**values, "layer_layout": "pre-ln"}, standard))
 
 
 def test_other_errors(tmp_path, exported):

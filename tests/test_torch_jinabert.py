@@ -152,6 +152,8 @@ def test_gelu_is_exact_erf_not_tanh():
     ({}, "gelu"),
     ({"num_attention_heads": 2, "feed_forward_type": "reglu"}, "relu"),
     ({"qk_layernorm": True}, "gelu"),
+    ({"layer_layout": "jina-bert-v2-qk-post-norm"}, "gelu"),
+    ({"layer_layout": "jina-bert-v2-qk-post-norm", "num_attention_heads": 2, "feed_forward_type": "reglu"}, "relu"),
 ])
 def test_model_matches_numpy_reference(overrides, act):
     config = _config(**overrides)
@@ -162,7 +164,8 @@ def test_model_matches_numpy_reference(overrides, act):
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     hidden, emb = ref.forward(sd, ids.numpy(), mask.numpy(), num_heads=config.num_attention_heads,
                               num_layers=config.num_hidden_layers, intermediate=config.intermediate_size,
-                              qk_layernorm=config.qk_layernorm, act=act)
+                              qk_layernorm=config.qk_layernorm, act=act,
+                              layout="qk_post_norm" if config.layer_layout == mb.QK_POST_NORM else "post_ln")
     np.testing.assert_allclose(out.last_hidden_state.detach().numpy(), hidden, atol=2e-5)
     pooled = mb.mean_pooling(out.last_hidden_state, mask)
     np.testing.assert_allclose(pooled.detach().numpy(), emb, atol=2e-5)

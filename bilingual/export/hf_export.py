@@ -4,6 +4,7 @@ The directory holds::
 
     config.json                     published JinaBERT fields, auto_map to the code below (or upstream)
     model.safetensors               reference names and PyTorch shapes, float32 / float16 / bfloat16
+                                    (jina-bert-implementation or jina-bert-v2-qk-post-norm names)
     configuration_bert.py           the project's PyTorch JinaBERT (auto_map="local" only)
     modeling_bert.py
     tokenizer.json, ...             copied from the tokenizer directory given
@@ -115,7 +116,13 @@ def write_sentence_transformers_files(out_dir: pathlib.Path, config: EncoderConf
 
 def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str) -> str:
     code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, needs transformers >= 5)"
-            if auto_map_kind == "local" else f"the code of `{hf_config.UPSTREAM_REPO}` on the Hugging Face Hub")
+            if auto_map_kind == "local" else f"the code of `{hf_config.upstream_repo(config)}` on the Hugging Face Hub")
+    if config.layer_layout == "qk_post_norm":
+        kind = ("BERT with LayerNorms on the query and key projections, three LayerNorms per layer, symmetric ALiBi "
+                f"and a {config.feed_forward_type.upper()} feed-forward")
+    else:
+        kind = (f"post-LN BERT with symmetric ALiBi{' and query/key LayerNorms' if config.qk_layernorm else ''} "
+                f"and a {config.feed_forward_type.upper()} feed-forward")
     head = "\nThe masked-language-model head is included (`AutoModelForMaskedLM`).\n" if masked_lm else ""
     return f"""---
 library_name: sentence-transformers
@@ -129,9 +136,8 @@ tags:
 
 # {name}
 
-A JinaBERT text-embedding model (post-LN BERT with symmetric ALiBi and a {config.feed_forward_type.upper()}
-feed-forward) trained with the `bilingual` JAX/Flax code base and exported in the public
-`jina-bert-implementation` layout. {config.num_layers} layers, hidden size {config.hidden_size},
+A JinaBERT text-embedding model ({kind}) trained with the `bilingual` JAX/Flax code base and exported in
+the public `{hf_config.hf_layer_layout(config)}` layout. {config.num_layers} layers, hidden size {config.hidden_size},
 {config.num_heads} heads, vocabulary {config.vocab_size}, inputs up to {config.max_length} tokens.
 Weights are stored as {dtype}. Loading needs `trust_remote_code=True`: it runs {code}; without it
 transformers would build a plain BERT and initialise the gated feed-forward at random.
@@ -163,8 +169,10 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
       mlm_params: the masked-LM head (the ``cls`` subtree of ``JinaBertForMaskedLM`` parameters) to include;
         the weights are then saved with ``bert.``-prefixed names plus ``cls.predictions.*``.
       dtype: storage dtype of the weights (``float32``, ``float16`` or ``bfloat16``).
-      auto_map: ``"local"`` (code shipped in the directory, loads offline) or ``"upstream"``
-        (``jinaai/jina-bert-implementation`` on the Hub, the released models' code).
+      auto_map: ``"local"`` (code shipped in the directory, loads offline) or ``"upstream"`` (the released
+        models' code on the Hub: ``jinaai/jina-bert-implementation`` for ``layer_layout="post_ln"``,
+        ``jinaai/jina-bert-v2-qk-post-norm`` for ``"qk_post_norm"``; refused for a post_ln model with the
+        qk-LayerNorm, which no published code computes).
       overwrite: replace an earlier export at ``out_dir`` (anything else there is never touched).
     Everything is written to a staging directory beside ``out_dir`` and renamed into place at the end, so
     a failed export leaves no half-written model behind.

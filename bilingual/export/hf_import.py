@@ -1,9 +1,12 @@
 """Read a Hugging Face JinaBERT directory (ours or a published one) into Flax parameters and a config.
 
 Accepted: ``model.safetensors`` (or a sharded ``model.safetensors.index.json``; ``pytorch_model.bin`` when
-torch is installed) in the ``jina-bert-implementation`` layout, with plain names (``JinaBertModel``) or
-``bert.``-prefixed ones plus ``cls.predictions.*`` (``JinaBertForMaskedLM``), with or without the pooler and
-the query/key LayerNorms. Every tensor must be consumed and every parameter of the Flax model filled, else a
+torch is installed) in the ``jina-bert-implementation`` layout (with or without the query/key LayerNorms) or
+the ``jina-bert-v2-qk-post-norm`` layout of jina-embeddings-v2-base-es (``layer_norm_1/2``,
+``mlp.up_gated_layer``, ``mlp.down_layer``; imported as ``EncoderConfig.layer_layout="qk_post_norm"``), with
+plain names (``JinaBertModel``) or ``bert.``-prefixed ones plus ``cls.predictions.*`` (``JinaBertForMaskedLM``),
+with or without the pooler. The layout is read from the tensor names and must agree with what config.json
+states (its ``layer_layout`` key, or an ``auto_map`` pointing at ``jinaai/jina-bert-v2-qk-post-norm``). Every tensor must be consumed and every parameter of the Flax model filled, else a
 ``StateDictMismatch`` lists the missing, unexpected and mis-shaped names; nothing is ever left at a random
 initial value. Tied aliases (``cls.predictions.decoder.weight`` = word embeddings,
 ``cls.predictions.decoder.bias`` = ``cls.predictions.bias``) are checked equal and dropped.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from safetensors.numpy import load_file
@@ -74,16 +77,36 @@ def _stored_dtype(tensors: dict[str, np.ndarray]) -> str:
     return "mixed"
 
 
-def _detect_qk_post_norm(names, values: dict, source: str) -> None:
-    marker = next((n for n in names if ".mlp.up_gated_layer." in n or ".layer_norm_1." in n), None)
-    if marker is not None or values.get("layer_layout") == hf_config.QK_POST_NORM_LAYOUT:
+# Tensor-name fragments that only one layer layout has (the attention block is shared).
+_LAYOUT_MARKERS = {
+    hf_config.QK_POST_NORM_LAYOUT: (".mlp.up_gated_layer.", ".mlp.down_layer.", ".layer_norm_1.", ".layer_norm_2."),
+    hf_config.STANDARD_LAYOUT: (".mlp.gated_layers.", ".mlp.wo.", ".mlp.layernorm."),
+}
+
+
+def _layout_from_names(names, stated: Optional[str], source: str) -> str:
+    """The layer layout the tensor names show (``stated`` or the standard one when no layer is present).
+
+    ``stated`` is what config.json says (``hf_config.stated_layer_layout``) or ``None``. Names of both
+    layouts, or names that contradict the stated layout, are an error: the weights would not load in the
+    code the config names.
+    """
+    found = {layout: next((n for n in sorted(names) if any(m in n for m in markers)), None)
+             for layout, markers in _LAYOUT_MARKERS.items()}
+    present = [layout for layout, example in found.items() if example is not None]
+    if len(present) > 1:
         raise HFImportError(
-            f"{source}: this checkpoint uses the {hf_config.QK_POST_NORM_LAYOUT} layer (e.g. {marker}): "
-            "r = layer_norm_1(x + attention.output.LayerNorm(x + dense(ctx))), "
-            "out = layer_norm_2(r + down_layer(up * act(gate))). bilingual's Flax encoder computes the "
-            "two-LayerNorm post-LN layer of jina-bert-implementation, so these weights cannot be represented "
-            "exactly and are not imported. The exported PyTorch code (layer_layout="
-            f"'{hf_config.QK_POST_NORM_LAYOUT}') runs such checkpoints.")
+            f"{source}: tensors of two layer layouts, {hf_config.QK_POST_NORM_LAYOUT} (e.g. "
+            f"{found[hf_config.QK_POST_NORM_LAYOUT]}) and {hf_config.STANDARD_LAYOUT} (e.g. "
+            f"{found[hf_config.STANDARD_LAYOUT]}); a checkpoint has one")
+    if not present:
+        return stated or hf_config.STANDARD_LAYOUT
+    layout = present[0]
+    if stated is not None and layout != stated:
+        raise HFImportError(
+            f"{source}: the tensors are in the {layout} layout (e.g. {found[layout]}) but config.json states "
+            f"{stated} (its layer_layout or auto_map); fix config.json so the model loads in the code it names")
+    return layout
 
 
 def _take_tied_aliases(tensors: dict[str, np.ndarray], source: str) -> list[str]:
@@ -115,7 +138,7 @@ def import_hf(directory) -> tuple[EncoderConfig, dict, dict[str, Any]]:
     values = hf_config.read_hf_config(directory)
     config = hf_config.from_hf_config(values, str(directory / "config.json"))
     tensors, source = read_tensors(directory)
-    _detect_qk_post_norm(tensors, values, source)
+    layout = _layout_from_names(tensors, hf_config.stated_layer_layout(values, str(directory / "config.json")), source)
     ignored = sorted(n for n in tensors if n.endswith(_IGNORED_SUFFIXES))
     for name in ignored:
         del tensors[name]
@@ -130,7 +153,9 @@ def import_hf(directory) -> tuple[EncoderConfig, dict, dict[str, Any]]:
     encoder_names = [n[len(hf_state.BERT_PREFIX):] if masked_lm and n.startswith(hf_state.BERT_PREFIX) else n
                      for n in tensors]
     config = config.replace(
-        qk_layernorm=config.qk_layernorm or any(".attention.self.layer_norm_q." in n for n in encoder_names),
+        layer_layout=hf_config.FLAX_LAYOUT_OF[layout],
+        qk_layernorm=(config.qk_layernorm or layout == hf_config.QK_POST_NORM_LAYOUT
+                      or any(".attention.self.layer_norm_q." in n for n in encoder_names)),
         add_pooler=config.add_pooler or any(n.startswith("pooler.") for n in encoder_names))
 
     expected = hf_state.reference_shapes(config, masked_lm=masked_lm)
