@@ -6,8 +6,9 @@
 
 ``--checkpoint`` is an orbax checkpoint root (the latest step is taken) or one step directory.
 ``--mlm_head`` needs a masked-LM checkpoint and adds the head (``AutoModelForMaskedLM``).
-``--auto_map upstream`` points the config at ``jinaai/jina-bert-implementation`` on the Hub instead of the
-code shipped in the directory (loading then needs the Hub).
+``--auto_map upstream`` points the config at the released models' code on the Hub instead of the code shipped
+in the directory: ``jinaai/jina-bert-implementation``, or ``jinaai/jina-bert-v2-qk-post-norm`` for the
+qk-post-norm layout of base-es (loading then needs the Hub).
 """
 
 from __future__ import annotations

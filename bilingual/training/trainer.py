@@ -35,7 +35,7 @@ log = logging.getLogger("bilingual.train")
 
 # Fields that define the parameters; dropout, dtype, attention implementation may change between stages.
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                       "feed_forward_type", "type_vocab_size", "qk_layernorm")
+                       "feed_forward_type", "type_vocab_size", "qk_layernorm", "layer_layout")
 STAGES = {"mlm": ("mlm",), "pairs": ("pairs",), "multitask": ("pairs", "retrieval", "sts")}
 
 
