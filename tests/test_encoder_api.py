@@ -180,3 +180,17 @@ def test_long_input_uses_chunked_attention_and_matches_reference(model, encoder)
     assert len(full) == 2048 and (2, 2048) in encoder.used_shapes
     # the short text, padded to 2048 tokens next to the long one, embeds as it does alone
     np.testing.assert_allclose(got_2048[1], encoder.encode([TEXTS[0]], normalize=False)[0], atol=1e-5)
+
+
+def test_from_hugging_face_export_matches_the_orbax_encoder(model, encoder, tmp_path):
+    """Export -> Encoder.from_checkpoint(export dir): same embeddings, tokenizer taken from the export."""
+    from bilingual.export.hf_export import export_hf
+
+    config, params = model
+    out = export_hf(config.replace(hidden_dropout=0.0), params, tmp_path / "export", tokenizer_dir=tokenizer_dir())
+    loaded = Encoder.from_checkpoint(out)
+    np.testing.assert_allclose(loaded.encode(TEXTS), encoder.encode(TEXTS), atol=1e-6)
+    # A SentenceTransformer loads the same directory and agrees (the export's own PyTorch code).
+    from sentence_transformers import SentenceTransformer
+    st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    np.testing.assert_allclose(st.encode(TEXTS, normalize_embeddings=True), encoder.encode(TEXTS), atol=1e-5)
