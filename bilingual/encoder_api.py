@@ -37,10 +37,21 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+BUCKETS_PER_OCTAVE = 4
+
+
 def bucket_length(n_tokens: int, max_length: int) -> int:
-    """Padded length for a batch whose longest row has ``n_tokens``: a power of two >= 16, capped at
-    ``max_length`` (so at most ~log2(max_length) distinct lengths)."""
-    return min(max(MIN_BUCKET_LENGTH, _next_power_of_two(n_tokens)), max_length)
+    """Padded length for a batch whose longest row has ``n_tokens``, capped at ``max_length``.
+
+    Four buckets per doubling (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, ...): at most 25% padding per batch
+    and about ``4 * log2(max_length / 16)`` distinct lengths (28 up to 2048), so compilations stay bounded.
+    """
+    n = max(MIN_BUCKET_LENGTH, int(n_tokens))
+    octave = _next_power_of_two(n) // 2  # the power of two just below (or at) n
+    if octave < MIN_BUCKET_LENGTH // 2:
+        octave = MIN_BUCKET_LENGTH // 2
+    step = max(octave // BUCKETS_PER_OCTAVE, 1)
+    return min(-(-n // step) * step, max_length)
 
 
 def bucket_rows(n_texts: int, batch_size: int, multiple: int = 1) -> int:

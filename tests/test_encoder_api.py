@@ -86,7 +86,13 @@ def test_truncation_keeps_the_first_tokens(model, encoder):
 
 
 def test_buckets():
-    assert [bucket_length(n, 512) for n in (1, 16, 17, 33, 100, 500, 512)] == [16, 16, 32, 64, 128, 512, 512]
+    assert [bucket_length(n, 512) for n in (1, 16, 17, 33, 100, 500, 512)] == [16, 16, 20, 40, 112, 512, 512]
+    assert bucket_length(129, 512) == 160 and bucket_length(8000, 8192) == 8192
+    # Every length maps to a bucket with at most 25% padding, and few distinct buckets exist.
+    lengths = range(1, 2049)
+    buckets = {bucket_length(n, 2048) for n in lengths}
+    assert all(bucket_length(n, 2048) >= n and bucket_length(n, 2048) <= max(16, n * 1.25) for n in lengths)
+    assert len(buckets) <= 30
     assert bucket_length(300, 300) == 300
     assert [bucket_rows(n, 32) for n in (1, 3, 5, 32, 1000)] == [1, 4, 8, 32, 32]
     assert bucket_rows(3, 24, multiple=8) == 8 and bucket_rows(20, 24, multiple=8) == 24
@@ -101,8 +107,9 @@ def test_compilations_are_bounded_and_logged(model, caplog):
     texts = [" ".join(rng.choice(words, size=rng.integers(1, 60))) for _ in range(120)]
     with caplog.at_level(logging.INFO, logger="bilingual.encoder_api"):
         first = encoder.encode(texts, batch_size=16)
-    # every batch has 16 rows; lengths are powers of two, 16..128 here (the longest text has < 128 tokens)
-    assert encoder.used_shapes <= {(16, 16), (16, 32), (16, 64), (16, 128)}
+    # every batch has 16 rows; lengths are buckets of bucket_length, 16..128 here (longest text < 128 tokens)
+    allowed = {(16, bucket_length(n, 512)) for n in range(1, 129)}
+    assert encoder.used_shapes <= allowed and len(allowed) == 13
     assert encoder._forward._cache_size() == len(encoder.compiled_shapes) == len(encoder.used_shapes)
     assert sum("compiled the encoder" in r.message for r in caplog.records) == len(encoder.used_shapes)
     second = encoder.encode(list(reversed(texts)), batch_size=16)
