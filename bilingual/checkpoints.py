@@ -20,6 +20,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from bilingual.config import EncoderConfig
 
@@ -30,21 +31,27 @@ class CheckpointError(RuntimeError):
     """A missing, partial or inconsistent checkpoint; the message names the path."""
 
 
+def as_path(path) -> epath.Path:
+    """A local path made absolute, or a remote one (``gs://...``) as is; both as ``etils.epath.Path``."""
+    text = str(path)
+    return epath.Path(text) if "://" in text else epath.Path(pathlib.Path(text).absolute())
+
+
 def encoder_config_from_dict(values: dict[str, Any]) -> EncoderConfig:
     return EncoderConfig(**values)
 
 
-def _manager(directory: pathlib.Path, read_only: bool) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only)
     return ocp.CheckpointManager(directory, options=options, item_names=("model", "meta"))
 
 
 def save_encoder(directory, step: int, config: EncoderConfig, params, *, model_kind: str = "encoder",
-                 extra_meta: Optional[dict] = None) -> pathlib.Path:
+                 extra_meta: Optional[dict] = None) -> epath.Path:
     """Write ``params`` and ``config`` as step ``step`` under ``directory`` (blocking)."""
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"model_kind must be one of {MODEL_KINDS}, got {model_kind!r}")
-    directory = pathlib.Path(directory).absolute()
+    directory = as_path(directory)
     meta = {"encoder_config": config.to_dict(), "model": model_kind, **(extra_meta or {})}
     with _manager(directory, read_only=False) as manager:
         manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
@@ -53,9 +60,9 @@ def save_encoder(directory, step: int, config: EncoderConfig, params, *, model_k
     return directory / str(step)
 
 
-def resolve_step(path) -> tuple[pathlib.Path, int]:
+def resolve_step(path) -> tuple[epath.Path, int]:
     """``path`` is a checkpoint root (latest step is taken) or a step directory inside one."""
-    path = pathlib.Path(path).absolute()
+    path = as_path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if path.name.isdigit() and (path / "meta").exists():

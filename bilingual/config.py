@@ -13,6 +13,9 @@ from typing import Any
 FEED_FORWARD_TYPES = ("geglu", "reglu")
 ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "chunked", "cudnn")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+# "post_ln": the jina-bert-implementation layer (base-de, the English models).
+# "qk_post_norm": the published jina-bert-v2-qk-post-norm layer (base-es).
+LAYER_LAYOUTS = ("post_ln", "qk_post_norm")
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,12 @@ class EncoderConfig:
       attention_dropout: dropout on attention probabilities (the reference's default path uses none).
       max_length: longest input accepted; ALiBi has no learned positions, so this is a policy limit.
       qk_layernorm: LayerNorm over the full query and key projections before the head split (base-es).
+      layer_layout: ``"post_ln"``: the ``jina-bert-implementation`` layer,
+        ``h = LN_attn(x + dense(ctx))``, ``out = LN_mlp(h + wo(act(gate) * linear))``.
+        ``"qk_post_norm"``: the published ``jina-bert-v2-qk-post-norm`` layer (jina-embeddings-v2-base-es),
+        ``a = LN_attn(x + dense(ctx))``, ``r = layer_norm_1(x + a)``,
+        ``out = layer_norm_2(r + down_layer(up * act(gate)))`` with ``[up | gate] = up_gated_layer(r)``;
+        it always has the qk-LayerNorm, so it requires ``qk_layernorm=True``.
       add_pooler: build the (unused for embeddings) BERT tanh pooler, for checkpoints that carry one.
       pad_token_id: id of ``<pad>``; padding is taken from the attention mask, this is metadata.
       initializer_range: stddev of the truncated-normal initialiser (BERT's 0.02).
@@ -60,6 +69,7 @@ class EncoderConfig:
     attention_dropout: float = 0.0
     max_length: int = 8192
     qk_layernorm: bool = False
+    layer_layout: str = "post_ln"
     add_pooler: bool = False
     pad_token_id: int = 0
     initializer_range: float = 0.02
@@ -83,6 +93,11 @@ class EncoderConfig:
         _check_choice("feed_forward_type", self.feed_forward_type, FEED_FORWARD_TYPES)
         _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLEMENTATIONS)
         _check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _check_choice("layer_layout", self.layer_layout, LAYER_LAYOUTS)
+        if self.layer_layout == "qk_post_norm" and not self.qk_layernorm:
+            raise ConfigError(
+                "EncoderConfig.layer_layout='qk_post_norm' requires EncoderConfig.qk_layernorm=True: the "
+                "published jina-bert-v2-qk-post-norm layer always normalises the query and key projections")
         for name in ("hidden_dropout", "attention_dropout"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:
@@ -125,8 +140,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(vocab_size=30528, hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096,
                   feed_forward_type="reglu"),
     "base-de": dict(vocab_size=61056, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    # jina-embeddings-v2-base-es: the published jina-bert-v2-qk-post-norm layer (qk-LayerNorm, three
+    # LayerNorms per layer, up_gated_layer / down_layer feed-forward).
     "base-es": dict(vocab_size=61056, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
-                    qk_layernorm=True),
+                    qk_layernorm=True, layer_layout="qk_post_norm"),
 }
 
 

@@ -11,6 +11,13 @@ is a rename plus a kernel transpose::
     encoder/layer_N/mlp/wo/{kernel,bias}, encoder/layer_N/mlp/layernorm
     pooler/dense (add_pooler only)
 
+With ``layer_layout="qk_post_norm"`` (the published ``jina-bert-v2-qk-post-norm`` layer of base-es) the
+attention block is the same (qk-LayerNorm always on) and the rest of the layer is::
+
+    encoder/layer_N/layer_norm_1/{scale,bias}, encoder/layer_N/layer_norm_2/{scale,bias}
+    encoder/layer_N/mlp/up_gated_layer/kernel  [H, 2I], no bias; columns 0..I-1 linear, I..2I-1 gate
+    encoder/layer_N/mlp/down_layer/{kernel,bias}                         (no LayerNorm inside the MLP)
+
 Every parameter carries logical axis names (``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``) and key
 activations carry ``batch``/``length`` constraints; ``bilingual.sharding`` maps them to a mesh. Modules
 never name mesh axes. Parameters are float32; activations use ``config.compute_dtype``.
@@ -165,13 +172,44 @@ class GLUMLP(nn.Module):
         return _layer_norm(cfg, "layernorm")(x + h)
 
 
+class UpGatedMLP(nn.Module):
+    """``down_layer(dropout(up * act(gate)))`` with ``[up | gate] = up_gated_layer(h)``: the feed-forward of
+    the ``qk_post_norm`` layout. The first half of the projection is the linear part, the second the gate
+    (the reverse of ``GLUMLP``), and there is no LayerNorm or residual inside. ``[B, L, H] -> [B, L, H]``.
+    """
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, h, deterministic: bool):
+        cfg = self.config
+        both = _dense(cfg, 2 * cfg.intermediate_size, (EMBED, MLP), "up_gated_layer", use_bias=False)(h)
+        up, gate = both[..., :cfg.intermediate_size], both[..., cfg.intermediate_size:]
+        act = gelu_exact if cfg.feed_forward_type == "geglu" else jax.nn.relu
+        x = _constrain(up * act(gate), (BATCH, LENGTH, MLP))
+        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        return _dense(cfg, cfg.hidden_size, (MLP, EMBED), "down_layer")(x)
+
+
 class Layer(nn.Module):
+    """One transformer layer, ``[B, L, H] -> [B, L, H]``, in ``config.layer_layout``.
+
+    ``post_ln``: ``h = LN(x + dense(ctx))``, ``out = LN(h + wo(act(gate) * linear))``.
+    ``qk_post_norm``: ``a = LN(x + dense(ctx))`` (``attention/output/LayerNorm``), then the layer input is
+    added once more, ``r = layer_norm_1(x + a)``, and ``out = layer_norm_2(r + mlp(r))`` (``UpGatedMLP``).
+    """
+
     config: EncoderConfig
 
     @nn.compact
     def __call__(self, h, key_mask, segment_ids, deterministic: bool):
-        h = Attention(self.config, name="attention")(h, key_mask, segment_ids, deterministic)
-        h = GLUMLP(self.config, name="mlp")(h, deterministic)
+        cfg = self.config
+        attended = Attention(cfg, name="attention")(h, key_mask, segment_ids, deterministic)
+        if cfg.layer_layout == "qk_post_norm":
+            r = _layer_norm(cfg, "layer_norm_1")(h + attended)
+            h = _layer_norm(cfg, "layer_norm_2")(r + UpGatedMLP(cfg, name="mlp")(r, deterministic))
+        else:
+            h = GLUMLP(cfg, name="mlp")(attended, deterministic)
         return _constrain(h, (BATCH, LENGTH, EMBED))
 
 

@@ -1,4 +1,5 @@
-"""An independent numpy forward pass of JinaBERT, written from shared/spec/MODEL.md.
+"""An independent numpy forward pass of JinaBERT, written from shared/spec/MODEL.md (``post_ln``) and from
+the published ``jina-bert-v2-qk-post-norm`` layer formula (``qk_post_norm``, see ``forward``).
 
 It reads a plain parameter dict in the reference (PyTorch) layout, ``name -> array`` with PyTorch shapes
 (linear weights ``[out, in]``), so it shares nothing with the Flax code but the spec. float64 throughout.
@@ -37,9 +38,22 @@ def linear(x, sd, name, bias=True):
     return y + sd[name + ".bias"] if bias else y
 
 
+def norm(x, sd, name, eps):
+    return layer_norm(x, sd[name + ".weight"], sd[name + ".bias"], eps)
+
+
 def forward(sd, input_ids, attention_mask, *, num_heads, num_layers, intermediate, eps=1e-12,
-            qk_layernorm=False, act="gelu"):
-    """Last hidden states ``[B, L, H]`` and masked-mean embeddings ``[B, H]``."""
+            qk_layernorm=False, act="gelu", layout="post_ln"):
+    """Last hidden states ``[B, L, H]`` and masked-mean embeddings ``[B, H]``.
+
+    ``layout="post_ln"``: the jina-bert-implementation layer (MODEL.md). ``layout="qk_post_norm"``: the
+    published jina-bert-v2-qk-post-norm layer, per layer with input ``x``:
+    ``q, k = LN_q(Wq x), LN_k(Wk x)`` (over all heads, before the split), ALiBi attention,
+    ``a = attention.output.LayerNorm(x + dense(ctx))``, ``r = layer_norm_1(x + a)``,
+    ``[up | gate] = up_gated_layer(r)`` (first half linear), ``out = layer_norm_2(r + down_layer(up * act(gate)))``.
+    """
+    if layout not in ("post_ln", "qk_post_norm"):
+        raise ValueError(f"unknown layout {layout!r}")
     sd = {k: np.asarray(v, np.float64) for k, v in sd.items()}
     ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask, np.float64)
@@ -56,7 +70,7 @@ def forward(sd, input_ids, attention_mask, *, num_heads, num_layers, intermediat
         q = linear(h, sd, p + "attention.self.query")
         k = linear(h, sd, p + "attention.self.key")
         v = linear(h, sd, p + "attention.self.value")
-        if qk_layernorm:
+        if qk_layernorm or layout == "qk_post_norm":
             q = layer_norm(q, sd[p + "attention.self.layer_norm_q.weight"], sd[p + "attention.self.layer_norm_q.bias"], eps)
             k = layer_norm(k, sd[p + "attention.self.layer_norm_k.weight"], sd[p + "attention.self.layer_norm_k.bias"], eps)
         q, k, v = (x.reshape(b, length, num_heads, d).transpose(0, 2, 1, 3) for x in (q, k, v))
@@ -65,6 +79,15 @@ def forward(sd, input_ids, attention_mask, *, num_heads, num_layers, intermediat
         probs = np.exp(scores)
         probs /= probs.sum(-1, keepdims=True)
         ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, length, hidden)
+        if layout == "qk_post_norm":
+            x = h
+            a = norm(x + linear(ctx, sd, p + "attention.output.dense"), sd, p + "attention.output.LayerNorm", eps)
+            r = norm(x + a, sd, p + "layer_norm_1", eps)
+            proj = linear(r, sd, p + "mlp.up_gated_layer", bias=False)
+            up, gated = proj[..., :intermediate], proj[..., intermediate:]
+            activated = gelu(gated) if act == "gelu" else np.maximum(gated, 0.0)
+            h = norm(r + linear(up * activated, sd, p + "mlp.down_layer"), sd, p + "layer_norm_2", eps)
+            continue
         h = layer_norm(h + linear(ctx, sd, p + "attention.output.dense"),
                        sd[p + "attention.output.LayerNorm.weight"], sd[p + "attention.output.LayerNorm.bias"], eps)
         both = linear(h, sd, p + "mlp.gated_layers", bias=False)

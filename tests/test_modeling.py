@@ -1,5 +1,6 @@
 """The Flax encoder against an independent numpy forward pass, plus its component contracts."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,11 +32,17 @@ def perturb(params, seed=1, scale=0.05):
     return jax.tree.unflatten(treedef, [x + scale * rng.randn(*x.shape).astype(np.float32) for x in leaves])
 
 
+QK_POST_NORM = dict(qk_layernorm=True, layer_layout="qk_post_norm")
+
+
 @pytest.mark.parametrize("overrides,act", [
     (dict(), "gelu"),
     (dict(qk_layernorm=True), "gelu"),
     (dict(feed_forward_type="reglu", num_heads=2), "relu"),
     (dict(attention_impl="chunked", attention_block_size=16), "gelu"),
+    (QK_POST_NORM, "gelu"),
+    (dict(QK_POST_NORM, feed_forward_type="reglu", num_heads=2), "relu"),
+    (dict(QK_POST_NORM, attention_impl="chunked", attention_block_size=16), "gelu"),
 ])
 def test_matches_numpy_reference(overrides, act):
     config = get_config("tiny", hidden_dropout=0.0, **overrides)
@@ -44,7 +51,8 @@ def test_matches_numpy_reference(overrides, act):
     out = JinaBert(config).apply({"params": params}, ids, mask)
     hidden, emb = ref.forward(hf_layout.to_state_dict(params), ids, mask, num_heads=config.num_heads,
                               num_layers=config.num_layers, intermediate=config.intermediate_size,
-                              qk_layernorm=config.qk_layernorm, act=act)
+                              qk_layernorm=config.qk_layernorm, act=act,
+                              layout=overrides.get("layer_layout", "post_ln"))
     valid = np.asarray(mask, bool)
     np.testing.assert_allclose(np.asarray(out.last_hidden_state)[valid], hidden[valid], atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(out.embedding), emb, atol=1e-5, rtol=0)
@@ -188,3 +196,113 @@ def test_long_input_auto_selects_chunked_and_matches_dense():
     np.testing.assert_allclose(np.asarray(auto.embedding), np.asarray(dense.embedding), atol=1e-5)
     text = jax.jit(lambda p: JinaBert(config).apply({"params": p}, ids, mask).embedding).lower(params).as_text()
     assert "while" in text  # the chunked path is a loop, the dense one is not
+
+
+def qk_post_norm_setup(seed=0):
+    config = get_config("tiny", hidden_dropout=0.0, **QK_POST_NORM)
+    ids, mask = random_batch(2, 19, [19, 11], config.vocab_size, seed=seed)
+    params = perturb(init_params(config, ids, seed=seed), seed=seed + 1)
+    return config, ids, mask, params
+
+
+def test_qk_post_norm_parameter_names_are_the_published_ones():
+    config, ids, _, _ = qk_post_norm_setup()
+    variables = JinaBert(config).init(jax.random.key(0), ids)
+    layer = nn.meta.unbox(variables["params"])["encoder"]["layer_0"]
+    assert set(layer) == {"attention", "layer_norm_1", "layer_norm_2", "mlp"}
+    assert set(layer["mlp"]) == {"up_gated_layer", "down_layer"}
+    assert set(layer["mlp"]["up_gated_layer"]) == {"kernel"}  # no bias
+    assert layer["mlp"]["up_gated_layer"]["kernel"].shape == (128, 2 * 512)
+    assert set(layer["attention"]["self"]) == {"query", "key", "value", "layer_norm_q", "layer_norm_k"}
+    assert set(layer["attention"]["output"]) == {"dense", "LayerNorm"}
+    names = set(hf_layout.to_state_dict(jax.tree.map(np.asarray, nn.meta.unbox(variables["params"]))))
+    assert {"encoder.layer.1.layer_norm_1.weight", "encoder.layer.1.layer_norm_2.bias",
+            "encoder.layer.1.mlp.up_gated_layer.weight", "encoder.layer.1.mlp.down_layer.bias",
+            "encoder.layer.1.attention.output.LayerNorm.weight"} <= names
+    assert not any("gated_layers" in n or ".mlp.wo." in n or "mlp.layernorm" in n for n in names)
+
+
+def test_qk_post_norm_parameters_carry_logical_axis_names():
+    config, ids, _, _ = qk_post_norm_setup()
+    boxed = JinaBert(config).init(jax.random.key(0), ids)["params"]["encoder"]["layer_0"]
+    flat = flax.traverse_util.flatten_dict(boxed)
+    axes = {"/".join(path): leaf.names for path, leaf in flat.items()}
+    assert axes["mlp/up_gated_layer/kernel"] == ("embed", "mlp")
+    assert axes["mlp/down_layer/kernel"] == ("mlp", "embed") and axes["mlp/down_layer/bias"] == ("embed",)
+    assert axes["layer_norm_1/scale"] == ("embed",) and axes["layer_norm_2/bias"] == ("embed",)
+    assert axes["attention/self/layer_norm_q/scale"] == ("heads",)
+    assert all(isinstance(leaf, nn.Partitioned) for leaf in flat.values())
+
+
+def test_qk_post_norm_split_order_first_half_is_linear():
+    """Swapping the halves of up_gated_layer changes the output: the second half is the gate."""
+    config, ids, mask, params = qk_post_norm_setup()
+    state = hf_layout.to_state_dict(params)
+    inter = config.intermediate_size
+    swapped = dict(state)
+    for n in range(config.num_layers):
+        w = state[f"encoder.layer.{n}.mlp.up_gated_layer.weight"]
+        swapped[f"encoder.layer.{n}.mlp.up_gated_layer.weight"] = np.concatenate([w[inter:], w[:inter]])
+    out = np.asarray(JinaBert(config).apply({"params": params}, ids, mask).embedding)
+    kwargs = dict(num_heads=config.num_heads, num_layers=config.num_layers, intermediate=inter, layout="qk_post_norm")
+    np.testing.assert_allclose(out, ref.forward(state, ids, mask, **kwargs)[1], atol=1e-5)
+    assert np.abs(out - ref.forward(swapped, ids, mask, **kwargs)[1]).max() > 1e-3
+
+
+def test_qk_post_norm_every_layer_norm_is_used():
+    """attention.output.LayerNorm, layer_norm_1 and layer_norm_2 each change the output (the reference
+    comparison above checks how; this checks none of them is dead)."""
+    config, ids, mask, params = qk_post_norm_setup()
+    model = JinaBert(config)
+    base = np.asarray(model.apply({"params": params}, ids, mask).last_hidden_state)
+    for path in (("layer_norm_1",), ("layer_norm_2",), ("attention", "output", "LayerNorm"),
+                 ("attention", "self", "layer_norm_q"), ("attention", "self", "layer_norm_k")):
+        flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, params))
+        key = ("encoder", "layer_0") + path + ("scale",)
+        flat[key] = flat[key] * 1.5 + 0.2
+        changed = flax.traverse_util.unflatten_dict(flat)
+        diff = np.abs(np.asarray(model.apply({"params": changed}, ids, mask).last_hidden_state) - base).max()
+        assert diff > 1e-3, path
+
+
+def test_qk_post_norm_padding_does_not_change_the_embedding():
+    config, ids, mask, params = qk_post_norm_setup()
+    model = JinaBert(config)
+    base = np.asarray(model.apply({"params": params}, ids, mask).embedding)
+    pad = jnp.zeros((2, 13), ids.dtype)
+    padded = np.asarray(model.apply({"params": params}, jnp.concatenate([ids, pad], 1),
+                                    jnp.concatenate([mask, pad.astype(mask.dtype)], 1)).embedding)
+    np.testing.assert_allclose(padded, base, atol=1e-5)
+    alone = np.asarray(model.apply({"params": params}, ids[1:, :11], mask[1:, :11]).embedding)
+    np.testing.assert_allclose(alone[0], base[1], atol=1e-5)
+
+
+def test_qk_post_norm_long_input_chunked_matches_dense():
+    config = get_config("tiny", hidden_dropout=0.0, chunked_min_length=64, attention_block_size=32, **QK_POST_NORM)
+    ids, mask = random_batch(2, 150, [150, 97], config.vocab_size, seed=3)
+    params = perturb(init_params(config, ids))
+    chunked = JinaBert(config.replace(attention_impl="chunked")).apply({"params": params}, ids, mask)
+    hidden, emb = ref.forward(hf_layout.to_state_dict(params), ids, mask, num_heads=4, num_layers=2,
+                              intermediate=512, layout="qk_post_norm")
+    valid = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(chunked.last_hidden_state)[valid], hidden[valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(chunked.embedding), emb, atol=1e-5, rtol=0)
+
+
+def test_qk_post_norm_dropout_and_remat():
+    config = get_config("tiny", hidden_dropout=0.1, **QK_POST_NORM)
+    ids, mask = random_batch(2, 12, [12, 8], config.vocab_size)
+    params = init_params(config, ids)
+    model = JinaBert(config)
+    eval_out = np.asarray(model.apply({"params": params}, ids, mask).embedding)
+    train = np.asarray(model.apply({"params": params}, ids, mask, deterministic=False,
+                                   rngs={"dropout": jax.random.key(3)}).embedding)
+    assert np.abs(train - eval_out).max() > 1e-3
+
+    def grads(cfg):
+        loss = lambda p: jnp.sum(JinaBert(cfg).apply({"params": p}, ids, mask).embedding ** 2)
+        return jax.grad(loss)(params)
+
+    # Recomputation may reorder float32 sums (differences of ~1e-6 on gradients of ~1e-2).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5),
+                 grads(config.replace(hidden_dropout=0.0)), grads(config.replace(hidden_dropout=0.0, remat=True)))

@@ -1,0 +1,249 @@
+"""``Encoder``: texts in, float32 embeddings out, from a checkpoint or in-memory parameters.
+
+``encode`` tokenizes without padding, sorts the texts by token length, and runs batches padded to a
+small set of bucket shapes (rows and length rounded up to powers of two), so a whole evaluation
+compiles the model only a handful of times. Each new compiled shape is logged (``logging`` INFO on
+``bilingual.encoder_api``). Results come back in input order.
+
+Devices: by default the forward pass runs on the first local device. With ``data_parallel=True``
+each batch is split across all local devices (parameters replicated), for multi-chip hosts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import os
+import pathlib
+from typing import Optional, Sequence, Union
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from bilingual.config import EncoderConfig
+from bilingual.modeling import JinaBert
+
+logger = logging.getLogger(__name__)
+
+MAX_SUPPORTED_LENGTH = 8192
+DEFAULT_MAX_LENGTH = 512
+MIN_BUCKET_LENGTH = 16
+AUTO_PROGRESS_MIN_BATCHES = 16
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+BUCKETS_PER_OCTAVE = 4
+
+
+def bucket_length(n_tokens: int, max_length: int) -> int:
+    """Padded length for a batch whose longest row has ``n_tokens``, capped at ``max_length``.
+
+    Four buckets per doubling (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, ...): at most 25% padding per batch
+    and about ``4 * log2(max_length / 16)`` distinct lengths (28 up to 2048), so compilations stay bounded.
+    """
+    n = max(MIN_BUCKET_LENGTH, int(n_tokens))
+    octave = _next_power_of_two(n) // 2  # the power of two just below (or at) n
+    if octave < MIN_BUCKET_LENGTH // 2:
+        octave = MIN_BUCKET_LENGTH // 2
+    step = max(octave // BUCKETS_PER_OCTAVE, 1)
+    return min(-(-n // step) * step, max_length)
+
+
+def bucket_rows(n_texts: int, batch_size: int, multiple: int = 1) -> int:
+    """Rows of every batch of one ``encode`` call over ``n_texts`` texts: ``batch_size``, or the next power
+    of two when all texts fit in one smaller batch (cheap single queries); rounded up to ``multiple``
+    (the device count). So a long run compiles one shape per bucket length."""
+    rows = batch_size if n_texts >= batch_size else min(_next_power_of_two(n_texts), batch_size)
+    return -(-rows // multiple) * multiple
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_forward(config: EncoderConfig):
+    """One jitted forward per configuration, shared by all ``Encoder`` instances (and their shapes)."""
+    model = JinaBert(config)
+
+    def forward(params, input_ids, attention_mask):
+        return model.apply({"params": params}, input_ids, attention_mask, deterministic=True).embedding
+
+    return jax.jit(forward)
+
+
+def load_tokenizer(tokenizer):
+    """A ``transformers`` fast tokenizer, or a directory loaded with ``AutoTokenizer.from_pretrained``."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        directory = pathlib.Path(tokenizer)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"tokenizer directory {directory} does not exist")
+        return AutoTokenizer.from_pretrained(str(directory))
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer or a directory, got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+class Encoder:
+    """Embeds texts with a JinaBERT encoder: masked mean pooling, optional L2 normalisation.
+
+    Args:
+      config: the model's ``EncoderConfig``.
+      params: encoder parameters (``JinaBert``, unboxed; numpy or jax arrays).
+      tokenizer: a ``transformers`` fast tokenizer, or its directory. It must add the model's special
+        tokens (``<s> ... </s>``) itself, as the published JinaBERT tokenizers do.
+      compute_dtype: override ``config.compute_dtype`` (e.g. ``"bfloat16"`` on accelerators).
+      data_parallel: split each batch across all local devices.
+    """
+
+    def __init__(self, config: EncoderConfig, params, tokenizer, *, compute_dtype: Optional[str] = None,
+                 data_parallel: bool = False, name: str = "bilingual-encoder"):
+        if compute_dtype is not None:
+            config = config.replace(compute_dtype=compute_dtype)
+        self.config = config
+        self.name = name
+        self.tokenizer = load_tokenizer(tokenizer)
+        vocab = len(self.tokenizer)
+        if vocab > config.vocab_size:
+            raise ValueError(f"tokenizer has {vocab} tokens but EncoderConfig.vocab_size is {config.vocab_size}; "
+                             "this tokenizer does not belong to this model")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.pad_token_id = config.pad_token_id if pad is None else int(pad)
+        self._devices = jax.local_devices() if data_parallel else jax.local_devices()[:1]
+        if data_parallel:
+            mesh = jax.sharding.Mesh(np.array(self._devices), ("data",))
+            self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+            param_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        else:
+            self._batch_sharding = param_sharding = jax.sharding.SingleDeviceSharding(self._devices[0])
+        self._param_sharding = param_sharding
+        self.set_params(params)
+        self._forward = _compiled_forward(config)
+        self.compiled_shapes: list[tuple[int, int]] = []  # shapes this encoder had to compile
+        self.used_shapes: set[tuple[int, int]] = set()
+
+    def set_params(self, params) -> None:
+        """Swap in new parameters of the same model (e.g. during training); nothing is recompiled."""
+        self.params = jax.device_put(params, self._param_sharding)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_checkpoint(cls, path, tokenizer=None, **kwargs) -> "Encoder":
+        """Load an orbax checkpoint (root or step directory) or a Hugging Face export directory.
+
+        The tokenizer is ``tokenizer`` if given; else the export directory itself (Hugging Face); else the
+        checkpoint meta's ``"tokenizer_dir"``; else a ``tokenizer/`` folder in or beside ``path``.
+        """
+        path = pathlib.Path(path)
+        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            from bilingual.export.hf_import import import_hf  # the export module owns the HF layout
+
+            config, params, _extras = import_hf(path)
+            return cls(config, params, tokenizer if tokenizer is not None else path, name=str(path), **kwargs)
+        from bilingual import checkpoints
+
+        config, params = checkpoints.load_encoder(path)
+        if tokenizer is None:
+            root, _step = checkpoints.resolve_step(path)
+            tokenizer = _find_tokenizer(path, root, checkpoints.load_meta(path))
+        return cls(config, params, tokenizer, name=str(path), **kwargs)
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Token ids with special tokens, truncated to ``max_length`` (no padding)."""
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length,
+                                 padding=False, return_attention_mask=False, return_token_type_ids=False)
+        return encoded["input_ids"]
+
+    def encode(self, texts: Union[str, Sequence[str]], batch_size: int = 32, max_length: Optional[int] = None,
+               normalize: bool = True, show_progress: Optional[bool] = None) -> np.ndarray:
+        """Embeddings ``[len(texts), hidden_size]`` float32, row ``i`` for ``texts[i]`` (``[H]`` for one str).
+
+        Args:
+          batch_size: texts per forward pass (rows are padded up to a power of two <= batch_size).
+          max_length: tokens kept per text (truncation), at most 8192 and ``config.max_length``;
+            ``None``: 512 (or ``config.max_length`` if smaller).
+          normalize: L2-normalise each embedding (cosine similarity = dot product).
+          show_progress: tqdm bar over batches; ``None`` shows it for more than 16 batches.
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        limit = min(MAX_SUPPORTED_LENGTH, self.config.max_length)
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, limit)
+        if not 2 <= max_length <= limit:
+            raise ValueError(f"max_length must be in [2, {limit}] (8192 and EncoderConfig.max_length), got {max_length}")
+        hidden = self.config.hidden_size
+        if not texts:
+            return np.zeros((0, hidden), np.float32)
+
+        ids = self.tokenize(texts, max_length)
+        n_rows = bucket_rows(len(ids), batch_size, len(self._devices))
+        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: memory errors show early
+        out = np.empty((len(texts), hidden), np.float32)
+        starts = range(0, len(order), batch_size)
+        show = len(starts) > AUTO_PROGRESS_MIN_BATCHES if show_progress is None else show_progress
+        for start in tqdm(starts, desc="encoding", unit="batch", disable=not show):
+            rows = order[start:start + batch_size]
+            batch = [ids[i] for i in rows]
+            length = bucket_length(max(len(x) for x in batch), max_length)
+            input_ids = np.full((n_rows, length), self.pad_token_id, np.int32)
+            mask = np.zeros((n_rows, length), np.int32)
+            mask[len(batch):, 0] = 1  # filler rows: one pad token each, so no row is fully masked
+            for r, row in enumerate(batch):
+                input_ids[r, :len(row)] = row
+                mask[r, :len(row)] = 1
+            out[rows] = self._run(input_ids, mask)[:len(batch)]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        shape = input_ids.shape
+        self.used_shapes.add(shape)
+        before = self._cache_size()
+        start = time.perf_counter()
+        input_ids = jax.device_put(input_ids, self._batch_sharding)
+        mask = jax.device_put(mask, self._batch_sharding)
+        out = np.asarray(jax.device_get(self._forward(self.params, input_ids, mask)), np.float32)
+        if self._cache_size() > before:
+            self.compiled_shapes.append(shape)
+            logger.info("compiled the encoder for batch shape %s in %.1fs (%d shape(s) so far)", shape,
+                        time.perf_counter() - start, len(self.compiled_shapes))
+        return out
+
+    def _cache_size(self) -> int:
+        # jax's jitted functions report their number of compiled executables (private but stable API).
+        return self._forward._cache_size()
+
+    # ------------------------------------------------------------------ integrations
+    def as_mteb(self, **meta):
+        """This encoder behind the ``mteb`` ``EncoderProtocol`` (see ``bilingual.mteb_adapter``)."""
+        from bilingual.mteb_adapter import MtebEncoder
+
+        return MtebEncoder(encoder=self, **meta)
+
+
+def _find_tokenizer(path: pathlib.Path, root: pathlib.Path, meta: dict) -> pathlib.Path:
+    """``meta["tokenizer_dir"]`` (relative paths are relative to the checkpoint root), else a
+    ``tokenizer/`` folder in ``path``, in the checkpoint root, or beside the root."""
+    candidates = []
+    if meta.get("tokenizer_dir"):
+        recorded = pathlib.Path(meta["tokenizer_dir"])
+        candidates.append(recorded if recorded.is_absolute() else root / recorded)
+    candidates += list(dict.fromkeys([path / "tokenizer", root / "tokenizer", root.parent / "tokenizer"]))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"no tokenizer for checkpoint {path}: pass tokenizer=..., record 'tokenizer_dir' in the checkpoint meta "
+        f"(save_encoder(..., extra_meta={{'tokenizer_dir': ...}})), or put it in {path / 'tokenizer'}; "
+        f"looked in: {', '.join(map(str, candidates))}")

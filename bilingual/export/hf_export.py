@@ -1,0 +1,219 @@
+"""Write a bilingual encoder as a Hugging Face model directory in the public JinaBERT layout.
+
+The directory holds::
+
+    config.json                     published JinaBERT fields, auto_map to the code below (or upstream)
+    model.safetensors               reference names and PyTorch shapes, float32 / float16 / bfloat16
+                                    (jina-bert-implementation or jina-bert-v2-qk-post-norm names)
+    configuration_bert.py           the project's PyTorch JinaBERT (auto_map="local" only)
+    modeling_bert.py
+    tokenizer.json, ...             copied from the tokenizer directory given
+    modules.json                    sentence-transformers: Transformer -> mean Pooling -> Normalize
+    sentence_bert_config.json, 1_Pooling/config.json, 2_Normalize/, config_sentence_transformers.json
+    README.md                       a short model card
+
+and loads offline with ``transformers.AutoModel.from_pretrained(dir, trust_remote_code=True)`` and
+``sentence_transformers.SentenceTransformer(dir, trust_remote_code=True)``. Runs on the host (numpy); no
+torch needed to export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+from bilingual.config import EncoderConfig
+from bilingual.export import hf_config, hf_state
+
+HF_CODE_DIR = pathlib.Path(__file__).parent / "hf_code"
+CODE_FILES = ("configuration_bert.py", "modeling_bert.py")
+# Files the export writes itself; a tokenizer directory's copies of these are not taken.
+_OWN_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md",
+              *CODE_FILES}
+_TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+
+
+class ExportError(ValueError):
+    """Bad export input (tokenizer, parameters, options); the message names what is wrong."""
+
+
+def _tokenizer_files(tokenizer_dir: pathlib.Path, vocab_size: int) -> list[pathlib.Path]:
+    """The files to copy from ``tokenizer_dir``, after checking it is a tokenizer that fits the model."""
+    if not tokenizer_dir.is_dir():
+        raise ExportError(f"tokenizer directory {tokenizer_dir} does not exist")
+    if not any((tokenizer_dir / name).is_file() for name in _TOKENIZER_MARKERS):
+        raise ExportError(f"{tokenizer_dir} has neither tokenizer.json nor tokenizer_config.json: not a "
+                          "Hugging Face tokenizer directory (save one with tokenizer.save_pretrained(dir))")
+    tokenizer_json = tokenizer_dir / "tokenizer.json"
+    if tokenizer_json.is_file():
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(with_added_tokens=True)
+        if size > vocab_size:
+            raise ExportError(f"{tokenizer_json} has {size} tokens but the model's vocab_size is {vocab_size}: "
+                              "ids beyond the embedding table would fail at run time")
+    return [path for path in sorted(tokenizer_dir.iterdir())
+            if path.is_file() and path.name not in _OWN_FILES and not path.name.endswith(".safetensors")]
+
+
+def _prepare_output(out_dir: pathlib.Path, overwrite: bool) -> pathlib.Path:
+    """A fresh staging directory beside ``out_dir``; refuses to replace anything but an earlier export."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"output path {out_dir} exists and is not a directory")
+        if any(out_dir.iterdir()):
+            if not overwrite:
+                raise ExportError(f"output directory {out_dir} is not empty; choose a new one or pass "
+                                  "overwrite=True (--overwrite) to replace an earlier export")
+            if not ((out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file()):
+                raise ExportError(f"refusing to overwrite {out_dir}: it does not look like a model export "
+                                  "(no config.json and model.safetensors)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_sentence_transformers_files(out_dir: pathlib.Path, config: EncoderConfig) -> None:
+    """modules.json (Transformer -> mean Pooling -> Normalize) and the module configs, in the long-standing
+    ``sentence_transformers.models`` form that sentence-transformers 2.x to 6.x all read."""
+    _write_json(out_dir / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ])
+    _write_json(out_dir / "sentence_bert_config.json", {"max_seq_length": config.max_length, "do_lower_case": False})
+    _write_json(out_dir / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": config.hidden_size,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    })
+    (out_dir / "2_Normalize").mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config_sentence_transformers.json",
+                {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+
+
+def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str) -> str:
+    code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, needs transformers >= 5)"
+            if auto_map_kind == "local" else f"the code of `{hf_config.upstream_repo(config)}` on the Hugging Face Hub")
+    if config.layer_layout == "qk_post_norm":
+        kind = ("BERT with LayerNorms on the query and key projections, three LayerNorms per layer, symmetric ALiBi "
+                f"and a {config.feed_forward_type.upper()} feed-forward")
+    else:
+        kind = (f"post-LN BERT with symmetric ALiBi{' and query/key LayerNorms' if config.qk_layernorm else ''} "
+                f"and a {config.feed_forward_type.upper()} feed-forward")
+    head = "\nThe masked-language-model head is included (`AutoModelForMaskedLM`).\n" if masked_lm else ""
+    return f"""---
+library_name: sentence-transformers
+pipeline_tag: sentence-similarity
+tags:
+- sentence-transformers
+- feature-extraction
+- sentence-similarity
+- jina-bert
+---
+
+# {name}
+
+A JinaBERT text-embedding model ({kind}) trained with the `bilingual` JAX/Flax code base and exported in
+the public `{hf_config.hf_layer_layout(config)}` layout. {config.num_layers} layers, hidden size {config.hidden_size},
+{config.num_heads} heads, vocabulary {config.vocab_size}, inputs up to {config.max_length} tokens.
+Weights are stored as {dtype}. Loading needs `trust_remote_code=True`: it runs {code}; without it
+transformers would build a plain BERT and initialise the gated feed-forward at random.
+{head}
+Embeddings are the mean of the last hidden states over non-padding tokens, L2-normalised.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/this/directory", trust_remote_code=True)
+embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather today?"])
+```
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("path/to/this/directory", trust_remote_code=True)
+embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather today?"])
+```
+"""
+
+
+def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: str = "float32",
+              mlm_params=None, auto_map: str = "local", model_name: Optional[str] = None,
+              overwrite: bool = False) -> pathlib.Path:
+    """Write ``params`` (encoder parameters of ``config``; numpy or jax arrays, host memory) to ``out_dir``.
+
+    Args:
+      mlm_params: the masked-LM head (the ``cls`` subtree of ``JinaBertForMaskedLM`` parameters) to include;
+        the weights are then saved with ``bert.``-prefixed names plus ``cls.predictions.*``.
+      dtype: storage dtype of the weights (``float32``, ``float16`` or ``bfloat16``).
+      auto_map: ``"local"`` (code shipped in the directory, loads offline) or ``"upstream"`` (the released
+        models' code on the Hub: ``jinaai/jina-bert-implementation`` for ``layer_layout="post_ln"``,
+        ``jinaai/jina-bert-v2-qk-post-norm`` for ``"qk_post_norm"``; refused for a post_ln model with the
+        qk-LayerNorm, which no published code computes).
+      overwrite: replace an earlier export at ``out_dir`` (anything else there is never touched).
+    Everything is written to a staging directory beside ``out_dir`` and renamed into place at the end, so
+    a failed export leaves no half-written model behind.
+    Returns the output directory. Raises ``ExportError`` / ``StateDictMismatch`` on bad input.
+    """
+    if dtype not in hf_config.EXPORT_DTYPES:
+        raise ExportError(f"dtype must be one of {hf_config.EXPORT_DTYPES}, got {dtype!r}")
+    if auto_map not in hf_config.AUTO_MAP_KINDS:
+        raise ExportError(f"auto_map must be one of {hf_config.AUTO_MAP_KINDS}, got {auto_map!r}")
+    masked_lm = mlm_params is not None
+    try:
+        hf_values = hf_config.to_hf_config(config, masked_lm=masked_lm, dtype=dtype, auto_map_kind=auto_map)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    tensors = hf_state.to_export_state_dict(params, mlm_params)
+    expected = hf_state.reference_shapes(config, masked_lm=masked_lm)
+    if masked_lm:
+        expected[hf_state.DECODER_WEIGHT] = expected[hf_state.BERT_PREFIX + hf_state.WORD_EMBEDDINGS]
+    hf_state.check_names_and_shapes(tensors, expected, "export_hf parameters")
+
+    out_dir = pathlib.Path(out_dir).absolute()
+    tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), config.vocab_size)
+    staging = _prepare_output(out_dir, overwrite)
+    try:
+        target = _NUMPY_DTYPES[dtype]
+        stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
+                  for name, value in sorted(tensors.items())}
+        save_file(stored, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(staging / "config.json", hf_values)
+        if auto_map == "local":
+            for name in CODE_FILES:
+                shutil.copy2(HF_CODE_DIR / name, staging / name)
+        for path in tokenizer_files:
+            shutil.copy2(path, staging / path.name)
+        write_sentence_transformers_files(staging, config)
+        (staging / "README.md").write_text(_model_card(config, masked_lm=masked_lm, dtype=dtype,
+                                                       auto_map_kind=auto_map, name=model_name or out_dir.name))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

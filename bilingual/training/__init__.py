@@ -1,0 +1,1 @@
+"""Training: train state, per-task steps, sharded compilation, checkpoints, logging, the trainer loop."""

@@ -1,0 +1,127 @@
+"""Train state creation and step compilation on a device mesh.
+
+Parameter and optimiser-state shardings come from the logical axis names the modules declare
+(``bilingual.sharding.LOGICAL_RULES``): optax's ``init`` on the boxed abstract parameters gives boxed
+moments, so ``mu``/``nu`` are sharded exactly like their parameters (FSDP shards optimiser state too).
+Batches are sharded over ``(data, fsdp)``. Steps are jitted with explicit in/out shardings and the state
+donated, and compiled ahead of time so memory can be printed before the first step runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bilingual import sharding
+from bilingual.training.steps import TrainState
+
+
+def abstract_state(model: nn.Module, tx: optax.GradientTransformation, example_ids) -> TrainState:
+    """Boxed (logically partitioned) shapes of the whole train state; no memory allocated."""
+
+    def init(key):
+        params = model.init(key, example_ids)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def state_shardings(model: nn.Module, tx, mesh: Mesh, example_ids, rules=sharding.LOGICAL_RULES):
+    """``NamedSharding`` tree matching the (unboxed) train state; validates divisibility first."""
+    boxed = abstract_state(model, tx, example_ids)
+    sharding.check_divisible(boxed.params, mesh, rules)
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+
+
+def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
+               encoder_params: Optional[Any] = None, rules=sharding.LOGICAL_RULES):
+    """A fresh, sharded train state; each device materialises only its shards.
+
+    ``encoder_params`` (e.g. from the previous stage or an imported checkpoint) replace the encoder's
+    initial parameters: the whole tree for ``JinaBert``, the ``bert`` subtree for the masked-LM model.
+    The optimiser state always starts fresh.
+    """
+    shardings = state_shardings(model, tx, mesh, example_ids, rules)
+
+    def init(key):
+        params = nn.meta.unbox(model.init(key, example_ids)["params"])
+        if encoder_params is not None:
+            params = _replace_encoder(params, encoder_params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    with sharding.sharding_context(mesh, rules):
+        state = jax.jit(init, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def _replace_encoder(params, encoder_params):
+    target = params["bert"] if "bert" in params else params
+    expected = jax.tree.map(lambda x: tuple(x.shape), target)
+    given = jax.tree.map(lambda x: tuple(np.shape(x)), encoder_params)
+    if expected != given:
+        raise ValueError("initial encoder parameters do not match the model: expected shapes "
+                         f"{_diff(expected, given)}")
+    encoder_params = jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), encoder_params, target)
+    return {**params, "bert": encoder_params} if "bert" in params else encoder_params
+
+
+def _diff(expected, given) -> str:
+    from flax import traverse_util
+    e, g = traverse_util.flatten_dict(expected), traverse_util.flatten_dict(given)
+    lines = [f"{'/'.join(k)}: model {e.get(k)} vs given {g.get(k)}" for k in sorted(set(e) | set(g))
+             if e.get(k) != g.get(k)]
+    return "; ".join(lines[:10]) + (f" (+{len(lines) - 10} more)" if len(lines) > 10 else "")
+
+
+def batch_shardings(mesh: Mesh, batch) -> dict:
+    return {k: sharding.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
+
+
+def put_batch(mesh: Mesh, local_batch) -> dict:
+    """Host-local numpy batch -> global arrays sharded over the batch axes.
+
+    With one process this is a ``device_put``; with several, each process passes its own rows
+    (``global_batch / process_count``) and ``jax.make_array_from_process_local_data`` assembles them.
+    """
+    out = {}
+    for key, value in local_batch.items():
+        target = sharding.batch_sharding(mesh, np.ndim(value))
+        if jax.process_count() == 1:
+            out[key] = jax.device_put(value, target)
+        else:
+            out[key] = jax.make_array_from_process_local_data(target, np.asarray(value))
+    return out
+
+
+def compile_step(step_fn: Callable, mesh: Mesh, shardings, example_state, example_batch,
+                 rules=sharding.LOGICAL_RULES):
+    """AOT-compile ``step_fn(state, batch, rng)`` with explicit shardings and the state donated.
+
+    ``example_batch`` may hold arrays or ``jax.ShapeDtypeStruct`` with *global* shapes.
+    Returns ``(compiled, memory_analysis)``.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    in_batch = batch_shardings(mesh, example_batch)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, in_batch, replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=(0,))
+    batch_shapes = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
+                    for k, v in example_batch.items()}
+    state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_state)
+    with sharding.sharding_context(mesh, rules):
+        compiled = jitted.lower(state_shapes, batch_shapes, jax.random.key(0)).compile()
+    return compiled, compiled.memory_analysis()
+
+
+def describe_memory(analysis) -> str:
+    if analysis is None:
+        return "memory analysis unavailable on this backend"
+    gb = lambda b: b / 2 ** 30
+    return (f"per device: arguments {gb(analysis.argument_size_in_bytes):.2f} GiB, outputs "
+            f"{gb(analysis.output_size_in_bytes):.2f} GiB, temporaries {gb(analysis.temp_size_in_bytes):.2f} GiB, "
+            f"aliased {gb(analysis.alias_size_in_bytes):.2f} GiB")

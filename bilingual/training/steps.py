@@ -1,0 +1,158 @@
+"""Train steps per task type, and their sharded compilation.
+
+A step is ``(state, batch, rng) -> (state, metrics)``. ``batch`` is a dict of arrays in the layout of
+``tasks.batching`` (task type keys below), sharded over the batch axes of the mesh. One compiled step per
+task type: the multi-task stage keeps a dict of them and picks by the batch's ``task_type``.
+
+* ``mlm``: cross-entropy over every selected position (``loss_weights``); logits are computed only at
+  the ``max_predictions`` highest-weight positions of each row (a count of weighted positions beyond that
+  is reported as ``mlm_dropped``, and is 0 when ``max_predictions`` is large enough).
+* ``pairs``: bi-directional InfoNCE over the global batch.
+* ``retrieval``: InfoNCE with hard negatives (``negative_ids [B, m, L]``) plus the reverse direction.
+* ``sts``: negative Pearson (or MSE, the ablation) between cosine and gold score.
+
+Contrastive steps use GradCache when ``gradcache_chunks > 1`` (``bilingual.gradcache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from bilingual import gradcache, losses
+from bilingual.modeling import JinaBert, JinaBertForMaskedLM
+
+TASK_TYPES = ("mlm", "pairs", "retrieval", "sts")
+
+# Which (ids, mask) arrays form each embedding view of a contrastive task type.
+CONTRASTIVE_VIEWS = {
+    "pairs": {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask")},
+    "retrieval": {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask"),
+                  "negative": ("negative_ids", "negative_mask")},
+    "sts": {"a": ("a_ids", "a_mask"), "b": ("b_ids", "b_mask")},
+}
+MLM_KEYS = ("input_ids", "attention_mask", "segment_ids", "targets", "loss_weights")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Loss settings shared by the steps (TRAINING.md; temperature 0.05 is ours to confirm)."""
+
+    temperature: float = losses.DEFAULT_TEMPERATURE
+    sts_loss: str = "pearson"
+    gradcache_chunks: int = 1
+    max_predictions: int = 0  # MLM positions with logits per row; 0 = the whole row
+    dropout: bool = True
+
+
+def batch_keys(task_type: str) -> tuple[str, ...]:
+    if task_type == "mlm":
+        return MLM_KEYS
+    keys = tuple(k for pair in CONTRASTIVE_VIEWS[task_type].values() for k in pair)
+    return keys + (("score",) if task_type == "sts" else ())
+
+
+def make_embed_fn(model: JinaBert, dropout: bool):
+    """``(params, {"ids", "mask"}, rng) -> [n, H]`` mean-pooled float32 embeddings."""
+
+    def embed(params, inputs, rng):
+        out = model.apply({"params": params}, inputs["ids"], inputs["mask"], deterministic=not dropout,
+                          rngs={"dropout": rng})
+        return out.embedding
+
+    return embed
+
+
+def contrastive_views(task_type: str, batch) -> dict:
+    views = {}
+    for name, (ids_key, mask_key) in CONTRASTIVE_VIEWS[task_type].items():
+        ids, mask = batch[ids_key], batch[mask_key]
+        views[name] = {"ids": ids.reshape((-1, ids.shape[-1])), "mask": mask.reshape((-1, mask.shape[-1]))}
+    return views
+
+
+def contrastive_loss_fn(task_type: str, batch, config: StepConfig) -> Callable:
+    """``{view: embeddings} -> (loss, metrics)`` for one contrastive task type."""
+    tau = config.temperature
+    if task_type == "pairs":
+        return lambda e: losses.bidirectional_info_nce(e["query"], e["passage"], tau)
+    if task_type == "retrieval":
+        batch_size, m = batch["negative_ids"].shape[:2]
+        return lambda e: losses.info_nce_with_negatives(
+            e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), tau)
+    if task_type == "sts":
+        return lambda e: losses.sts_loss(e["a"], e["b"], batch["score"], config.sts_loss)
+    raise ValueError(f"no contrastive loss for task type {task_type!r}")
+
+
+def _apply_updates(tx, state: TrainState, grads, loss, metrics):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_contrastive_step(model: JinaBert, tx: optax.GradientTransformation, task_type: str,
+                          config: StepConfig, groups: int = 1):
+    """A pairs / retrieval / sts step; GradCache with ``config.gradcache_chunks`` chunks when > 1."""
+    embed = make_embed_fn(model, config.dropout)
+
+    def step(state: TrainState, batch, rng):
+        views = contrastive_views(task_type, batch)
+        loss_fn = contrastive_loss_fn(task_type, batch, config)
+        if config.gradcache_chunks > 1:
+            (loss, metrics), grads = gradcache.value_and_grad(
+                embed, loss_fn, state.params, views, rng, num_chunks=config.gradcache_chunks, groups=groups)
+        else:
+            (loss, metrics), grads = gradcache.plain_value_and_grad(embed, loss_fn, state.params, views, rng)
+        return _apply_updates(tx, state, grads, loss, metrics)
+
+    return step
+
+
+def select_positions(weights, max_predictions: int):
+    """Row-wise indices of the ``max_predictions`` highest-weight positions: ``[B, L] -> [B, P]``."""
+    order = jnp.argsort(-weights, axis=1, stable=True)
+    return order[:, :max_predictions]
+
+
+def make_mlm_step(model: JinaBertForMaskedLM, tx: optax.GradientTransformation, config: StepConfig):
+    def step(state: TrainState, batch, rng):
+        weights = batch["loss_weights"].astype(jnp.float32)
+        length = weights.shape[1]
+        budget = config.max_predictions or length
+        positions = select_positions(weights, min(budget, length))
+        gather = functools.partial(jnp.take_along_axis, indices=positions, axis=1)
+        sel_weights, sel_targets = gather(weights), gather(batch["targets"])
+
+        def loss_fn(params):
+            out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                              segment_ids=batch["segment_ids"], deterministic=not config.dropout,
+                              rngs={"dropout": rng}, method=lambda m, *a, **k: m.bert(*a, **k))
+            hidden = jnp.take_along_axis(out.last_hidden_state, positions[..., None], axis=1)
+            logits = model.apply({"params": params}, hidden, method=JinaBertForMaskedLM.logits_at)
+            return losses.mlm_loss(logits, sel_targets, sel_weights)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {**metrics, "mlm_dropped": jnp.sum(weights) - jnp.sum(sel_weights)}
+        return _apply_updates(tx, state, grads, loss, metrics)
+
+    return step
+
+
+def model_for_stage(stage: str, encoder_config):
+    """The Flax module a stage trains: the masked-LM model for ``mlm``, the encoder otherwise."""
+    return JinaBertForMaskedLM(encoder_config) if stage == "mlm" else JinaBert(encoder_config)

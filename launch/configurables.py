@@ -1,0 +1,48 @@
+"""gin registrations for launch scripts: the library stays gin-free, launch binds it.
+
+Names usable in gin files:
+  encoder(preset, **overrides)        -> EncoderConfig            (bilingual.config.get_config)
+  OptimizerConfig, StepConfig, MeshConfig, TrainConfig            (frozen dataclasses)
+  data.name / data.split / data.options                           the batch iterator (tasks.batching)
+  run.workdir_suffix, run.eval_suite, ...                         launch-level settings
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gin
+
+from bilingual import config as model_config
+from bilingual import optim, sharding
+from bilingual.training import steps, trainer
+
+encoder = gin.external_configurable(model_config.get_config, "encoder")
+OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, "OptimizerConfig")
+StepConfig = gin.external_configurable(steps.StepConfig, "StepConfig")
+MeshConfig = gin.external_configurable(sharding.MeshConfig, "MeshConfig")
+TrainConfig = gin.external_configurable(trainer.TrainConfig, "TrainConfig")
+
+
+@gin.configurable("data")
+def data_settings(name: str = gin.REQUIRED, split: str = "train", seed: int = 0,
+                  options: Optional[dict[str, Any]] = None) -> dict:
+    """Which task or mixture feeds the stage, and its options (sequence lengths, tokenizer, files...)."""
+    return {"name": name, "split": split, "seed": seed, "options": dict(options or {})}
+
+
+@gin.configurable("evaluation")
+def evaluation_settings(suite: Optional[str] = None, data_root: Optional[str] = None,
+                        tokenizer_dir: Optional[str] = None) -> dict:
+    """Optional evaluation suite run by the trainer's hook every ``TrainConfig.eval_every`` steps."""
+    return {"suite": suite, "data_root": data_root, "tokenizer_dir": tokenizer_dir}
+
+
+def parse(gin_files, gin_bindings) -> None:
+    """Parse files then bindings (later ones win); raises with the file and line on errors."""
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False)
+
+
+def build() -> tuple[trainer.TrainConfig, dict, dict]:
+    """Instantiate the configured objects (after ``parse``)."""
+    return TrainConfig(), data_settings(), evaluation_settings()

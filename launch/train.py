@@ -1,0 +1,62 @@
+"""Train one stage from gin files.
+
+    python -m launch.train --gin_file=gin/runs/demo_de_en_mlm.gin --workdir=runs/demo/mlm \
+        [--gin_bindings="TrainConfig.init_from='runs/demo/mlm/checkpoints'"] \
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+
+gin files are looked up relative to the current directory and to the repository's ``gin/`` folder.
+Running again with the same ``--workdir`` resumes from its latest checkpoint. On TPU VMs and under
+SLURM/MPI launchers multi-host start-up is automatic; elsewhere pass the three distributed flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gin_file", action="append", required=True, help="gin file (repeatable)")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="gin binding (repeatable)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs, operative config")
+    parser.add_argument("--coordinator_address")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from bilingual.training import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+    import gin
+    import jax
+
+    from launch import configurables, data_factory
+
+    gin.add_config_file_search_path(str(GIN_DIR))
+    configurables.parse(args.gin_file, args.gin_bindings)
+    config, data, evaluation = configurables.build()
+    batches = data_factory.make_batches(config, data)
+    eval_hook = data_factory.make_eval_hook(evaluation)
+
+    from bilingual.training.trainer import train
+
+    result = train(config, args.workdir, batches, eval_hook=eval_hook, operative_config=gin.config_str())
+    if jax.process_index() == 0:
+        print(f"done: step {int(result.state.step)}; checkpoints in {result.workdir / 'checkpoints'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Every gin file parses and binds; run files build a complete TrainConfig."""
+
+import pathlib
+
+import gin
+import pytest
+
+from bilingual.training.trainer import STAGES, TrainConfig
+from launch import configurables
+
+GIN = pathlib.Path(__file__).resolve().parent.parent / "gin"
+RUNS = sorted((GIN / "runs").glob("*.gin"))
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN))
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[p.stem for p in RUNS])
+def test_run_files_build_a_train_config(run):
+    configurables.parse([str(run)], [])
+    config, data, evaluation = configurables.build()
+    assert isinstance(config, TrainConfig) and config.stage in STAGES
+    assert config.num_steps >= 1 and config.batch_size >= 1
+    assert config.optimizer.total_steps >= config.optimizer.warmup_steps
+    assert data["name"] and data["split"] == "train"
+    assert "model" in config.__dataclass_fields__ and config.model.hidden_size % config.model.num_heads == 0
+
+
+@pytest.mark.parametrize("path", sorted(GIN.rglob("*.gin")), ids=lambda p: str(p.relative_to(GIN)))
+def test_every_gin_file_parses(path):
+    gin.parse_config_file(str(path))
+
+
+def test_full_scale_runs_have_the_paper_shapes():
+    configurables.parse([str(GIN / "runs" / "de_en_tpu_v4_64.gin")], [])
+    config, _, _ = configurables.build()
+    assert (config.model.vocab_size, config.model.num_layers, config.model.hidden_size) == (61056, 12, 768)
+    assert config.model.compute_dtype == "bfloat16" and config.stage == "mlm"
+    gin.clear_config()
+    configurables.parse([str(GIN / "runs" / "es_en_tpu_v5e_64.gin")], [])
+    config, data, _ = configurables.build()
+    assert config.model.qk_layernorm and config.step.gradcache_chunks == 8 and data["name"] == "pairs_es_en_mix"
+
+
+def test_bindings_override_files():
+    configurables.parse([str(GIN / "runs" / "cpu_smoke.gin")], ["TrainConfig.num_steps = 7", "encoder.num_layers = 1"])
+    config, _, _ = configurables.build()
+    assert config.num_steps == 7 and config.model.num_layers == 1
+
+
+def test_unknown_binding_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="no_such_field"):
+        configurables.parse([str(GIN / "runs" / "cpu_smoke.gin")], ["TrainConfig.no_such_field = 3"])

@@ -1,0 +1,111 @@
+"""The trainer: resume equals uninterrupted, stage chaining, checkpoints, SIGTERM, early config errors."""
+
+import os
+import pathlib
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from bilingual import get_config, sharding
+from bilingual.checkpoints import CheckpointError, load_encoder
+from bilingual.optim import OptimizerConfig
+from bilingual.training import steps
+from bilingual.training.trainer import ConfigurationError, TrainConfig, train
+from train_helpers import SyntheticBatches
+
+MODEL = get_config("tiny", vocab_size=512, num_layers=1)
+
+
+def config(stage="pairs", **overrides):
+    base = dict(stage=stage, model=MODEL, num_steps=6, batch_size=8,
+                optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=2, total_steps=6),
+                mesh=sharding.MeshConfig(data=4, fsdp=2), log_every=2, checkpoint_every=2,
+                peak_flops_per_device=1e11, step=steps.StepConfig(max_predictions=8))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def params_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_resume_after_interruption_is_bit_exact(tmp_path):
+    full = train(config("mlm"), tmp_path / "full", SyntheticBatches(["mlm"]))
+    interrupted = train(config("mlm"), tmp_path / "resumed", SyntheticBatches(["mlm"]), stop_after=3)
+    assert int(interrupted.state.step) == 3
+    resumed = train(config("mlm"), tmp_path / "resumed", SyntheticBatches(["mlm"]))
+    assert int(resumed.state.step) == 6
+    params_equal(resumed.state.params, full.state.params)
+    # The data position came back from the checkpoint: the resumed run consumed batches 3..5 only.
+    assert [h["step"] for h in resumed.history] == [4, 6]
+
+
+def test_multitask_stage_from_previous_stage_with_logs(tmp_path):
+    pairs = train(config("pairs", num_steps=2), tmp_path / "pairs", SyntheticBatches(["pairs"]),
+                  operative_config="# gin\n")
+    batches = SyntheticBatches(["pairs", "retrieval", "sts"])
+    run = config("multitask", num_steps=6, init_from=str(tmp_path / "pairs" / "checkpoints"))
+    result = train(run, tmp_path / "multi", batches)
+    assert int(result.state.step) == 6
+    # Each logging window of 2 steps saw two task types; every task type's loss is logged on its own.
+    logged = set().union(*result.history)
+    assert {"pairs/loss", "retrieval/loss", "sts/loss"} <= logged
+    assert all(np.isfinite(v) for h in result.history for k, v in h.items() if k.endswith("loss"))
+    assert list(pathlib.Path(tmp_path / "multi" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "pairs" / "operative_config.gin").read_text() == "# gin\n"
+    # Starting point was the pairs checkpoint: the multitask run's step-0 parameters equal it.
+    start = train(config("multitask", num_steps=1, optimizer=OptimizerConfig(learning_rate=1e-30, warmup_steps=0,
+                                                                                total_steps=1),
+                         init_from=str(tmp_path / "pairs" / "checkpoints")),
+                  tmp_path / "probe", SyntheticBatches(["pairs"]))
+    _, pairs_params = load_encoder(tmp_path / "pairs" / "checkpoints")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, atol=1e-12), start.state.params,
+                 pairs_params)
+    _, exported = load_encoder(tmp_path / "multi" / "checkpoints")
+    params_equal(result.state.params, exported)
+
+
+def test_eval_hook_runs_every_n_steps(tmp_path):
+    calls = []
+    train(config("pairs", num_steps=4, eval_every=2), tmp_path, SyntheticBatches(["pairs"]),
+          eval_hook=lambda step, cfg, params: calls.append((step, cfg.hidden_size, len(params))) or {"m": 0.5})
+    assert calls == [(2, 128, 2), (4, 128, 2)]
+
+
+def test_sigterm_saves_and_stops(tmp_path):
+    def send(position):
+        if position == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    result = train(config("pairs"), tmp_path, SyntheticBatches(["pairs"], on_batch=send))
+    assert int(result.state.step) == 3
+    assert (tmp_path / "checkpoints" / "3").is_dir()
+
+
+def test_damaged_checkpoint_is_reported_not_loaded(tmp_path):
+    train(config("pairs", num_steps=2), tmp_path, SyntheticBatches(["pairs"]))
+    for f in (tmp_path / "checkpoints" / "2" / "model").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(b"\0" * 7)
+    with pytest.raises(CheckpointError, match=str(tmp_path / "checkpoints" / "2")):
+        train(config("pairs", num_steps=4), tmp_path, SyntheticBatches(["pairs"]))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(stage="finetune-all"), "stage"),
+    (dict(batch_size=6), "not divisible by the data-parallel size 8"),
+    (dict(step=steps.StepConfig(gradcache_chunks=3)), "gradcache_chunks=3"),
+    (dict(init_from="/nonexistent/checkpoints"), "init_from"),
+    (dict(step=steps.StepConfig(sts_loss="cosent")), "sts_loss"),
+])
+def test_configurations_that_cannot_work_fail_before_compiling(tmp_path, overrides, match):
+    batches = SyntheticBatches(["pairs"])
+    with pytest.raises(ConfigurationError, match=match):
+        train(config(**overrides), tmp_path, batches)
+    assert batches.position == 0  # failed before reading data or compiling
+
+
+def test_batch_of_the_wrong_task_type_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigurationError, match="task type 'sts'"):
+        train(config("pairs"), tmp_path, SyntheticBatches(["sts"]))
