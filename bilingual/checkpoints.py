@@ -43,7 +43,8 @@ def encoder_config_from_dict(values: dict[str, Any]) -> EncoderConfig:
 
 def _manager(directory: epath.Path, read_only: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only)
-    return ocp.CheckpointManager(directory, options=options, item_names=("model", "meta"))
+    # All items a step may hold (the trainer adds opt_state and data); only those asked for are read.
+    return ocp.CheckpointManager(directory, options=options, item_names=("model", "meta", "opt_state", "data"))
 
 
 def save_encoder(directory, step: int, config: EncoderConfig, params, *, model_kind: str = "encoder",

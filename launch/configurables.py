@@ -33,9 +33,10 @@ def data_settings(name: str = gin.REQUIRED, split: str = "train", seed: int = 0,
 
 @gin.configurable("evaluation")
 def evaluation_settings(suite: Optional[str] = None, data_root: Optional[str] = None,
-                        tokenizer_dir: Optional[str] = None) -> dict:
-    """Optional evaluation suite run by the trainer's hook every ``TrainConfig.eval_every`` steps."""
-    return {"suite": suite, "data_root": data_root, "tokenizer_dir": tokenizer_dir}
+                        tokenizer_dir: Optional[str] = None, limit: Optional[int] = None) -> dict:
+    """Optional evaluation suite run by the trainer's hook every ``TrainConfig.eval_every`` steps
+    (``data_root`` None: the bundled demo eval data; ``limit``: rows per task, for quick checks)."""
+    return {"suite": suite, "data_root": data_root, "tokenizer_dir": tokenizer_dir, "limit": limit}
 
 
 def parse(gin_files, gin_bindings) -> None:

@@ -1,7 +1,7 @@
 """Print a few batches of a task or mixture, decoded, to see what the trainer will get.
 
     python -m launch.inspect_data --tokenizer=/tmp/tok --name=multitask_de --batches=3
-    python -m launch.inspect_data --gin_file=gin/data/user_data.gin --gin_bindings='TOKENIZER = "/tmp/tok"' \
+    python -m launch.inspect_data --gin_file=gin/datasets/user_data.gin --gin_bindings='TOKENIZER = "/tmp/tok"' \
         --name=multitask_de_mine
 
 Without ``--gin_file`` the bundled demo tasks are registered with ``--tokenizer``. MLM rows show the corrupted

@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
     from bilingual.training import distributed
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -49,11 +50,14 @@ def main(argv=None) -> None:
     configurables.parse(args.gin_file, args.gin_bindings)
     config, data, evaluation = configurables.build()
     batches = data_factory.make_batches(config, data)
-    eval_hook = data_factory.make_eval_hook(evaluation)
+    eval_hook = data_factory.make_eval_hook(evaluation, config.eval_every)
 
     from bilingual.training.trainer import train
 
-    result = train(config, args.workdir, batches, eval_hook=eval_hook, operative_config=gin.config_str())
+    try:
+        result = train(config, args.workdir, batches, eval_hook=eval_hook, operative_config=gin.config_str())
+    finally:
+        batches.close()
     if jax.process_index() == 0:
         print(f"done: step {int(result.state.step)}; checkpoints in {result.workdir / 'checkpoints'}")
 

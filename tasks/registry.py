@@ -1,7 +1,7 @@
 """Registering tasks and mixtures: one function per source kind, usable from Python or gin.
 
 A task is a ``seqio.Task`` whose output features say its type (``tasks.preprocessors.task_type_of``): ``mlm``,
-``pairs``, ``retrieval`` or ``sts``. Templates for user data (gin, see ``gin/data/user_data.gin``)::
+``pairs``, ``retrieval`` or ``sts``. Templates for user data (gin, see ``gin/datasets/user_data.gin``)::
 
     register_pairs_task.name = "pairs_de_custom"
     register_pairs_task.files = ["gs://bucket/pairs/*.tsv"]      # TSV with header, or JSONL

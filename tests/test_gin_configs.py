@@ -6,7 +6,7 @@ import gin
 import pytest
 
 from bilingual.training.trainer import STAGES, TrainConfig
-from launch import configurables
+from launch import configurables, data_factory, train_tokenizer  # noqa: F401  (register gin configurables)
 
 GIN = pathlib.Path(__file__).resolve().parent.parent / "gin"
 RUNS = sorted((GIN / "runs").glob("*.gin"))
@@ -44,7 +44,20 @@ def test_full_scale_runs_have_the_paper_shapes():
     gin.clear_config()
     configurables.parse([str(GIN / "runs" / "es_en_tpu_v5e_64.gin")], [])
     config, data, _ = configurables.build()
-    assert config.model.qk_layernorm and config.step.gradcache_chunks == 8 and data["name"] == "pairs_es_en_mix"
+    assert config.model.qk_layernorm and config.step.gradcache_chunks == 8 and data["name"] == "pairs_mix_es"
+
+
+def test_demo_runs_name_registered_demo_data(tmp_path):
+    """The data names in the demo runs exist once the demo tasks are registered."""
+    from tasks import demo, mixtures
+    from tokenizer_fixture import tokenizer_dir
+
+    registered = set(demo.register_demo_tasks(str(tokenizer_dir())))
+    for stage in ("mlm", "pairs", "multitask"):
+        gin.clear_config()
+        configurables.parse([str(GIN / "runs" / f"demo_de_en_{stage}.gin")], [])
+        _, data, _ = configurables.build()
+        assert data["name"] in registered, (stage, data["name"])
 
 
 def test_bindings_override_files():

@@ -303,7 +303,7 @@ def test_user_data_gin_template_registers_working_tasks(tmp_path, tok_dir, tok):
     write(tmp_path / "pairs/p.tsv", "a\tb\nFrage\tAntwort\n")
     write(tmp_path / "retrieval/r.tsv", "q\tp\tn1\tn2\tn3\n" + "Frage\tAntwort\tx\ty\tz\n" * 10)
     write(tmp_path / "sts/de-train.tsv", "s1\ts2\tscore\n" + "A\tB\t3.5\n" * 10 + "kaputt\n")
-    text = (ROOT / "gin/data/user_data.gin").read_text().replace("/data/", f"{tmp_path}/")
+    text = (ROOT / "gin/datasets/user_data.gin").read_text().replace("/data/", f"{tmp_path}/")
     gin.clear_config()
     gin.parse_config([text, f'TOKENIZER = "{tok_dir}"'])
     names = registry.register_data()
@@ -324,7 +324,7 @@ def test_demo_gin_parses(tok_dir):
     from data_helpers import ROOT
 
     gin.clear_config()
-    gin.parse_config_files_and_bindings([str(ROOT / "gin/data/demo.gin")], [f'DEMO_TOKENIZER = "{tok_dir}"'])
+    gin.parse_config_files_and_bindings([str(ROOT / "gin/datasets/demo.gin")], [f'DEMO_TOKENIZER = "{tok_dir}"'])
     names = registry.register_data()
     gin.clear_config()
     assert set(demo.TASKS + demo.MIXTURES) == set(names)

@@ -1,0 +1,35 @@
+"""Builds a stage's batch iterator and evaluation hook from the gin-configured settings.
+
+Importing ``tasks.registry`` registers its gin configurables (``register_data``, ``register_*_task``), so this
+module must be imported before gin files are parsed (``launch.train`` does).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from tasks import batching, registry
+
+
+def make_batches(config, data: dict):
+    """The host-local batch iterator for ``data["name"]`` (a task or mixture).
+
+    Registers the run's data first (``register_data`` in gin: user tasks, and the bundled demo tasks when
+    ``register_data.demo_tokenizer`` is set). ``data["options"]`` are keyword arguments of
+    ``tasks.batching.make_batch_iterator`` (``sequence_lengths``, ``rates``, ``mlm_rate``, ...). Each process
+    reads its own shard and yields ``global batch / process_count`` rows.
+    """
+    registry.register_data()
+    return batching.make_batch_iterator(
+        data["name"], data["split"], config.batch_size // jax.process_count(), data["seed"],
+        shard_index=jax.process_index(), num_shards=jax.process_count(), **data["options"])
+
+
+def make_eval_hook(evaluation: dict, every_n_steps: int):
+    """The trainer's evaluation hook for ``evaluation["suite"]``, or None when no suite is configured."""
+    if not evaluation.get("suite") or every_n_steps < 1:
+        return None
+    from bilingual.evaluation.hook import make_eval_hook as make_hook
+
+    return make_hook(evaluation["suite"], evaluation.get("data_root"), evaluation["tokenizer_dir"],
+                     every_n_steps=every_n_steps, limit=evaluation.get("limit"))
