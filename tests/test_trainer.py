@@ -109,3 +109,19 @@ def test_configurations_that_cannot_work_fail_before_compiling(tmp_path, overrid
 def test_batch_of_the_wrong_task_type_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigurationError, match="task type 'sts'"):
         train(config("pairs"), tmp_path, SyntheticBatches(["sts"]))
+
+
+def test_stage_starts_from_a_hugging_face_export(tmp_path):
+    """init_from may point at an exported (or published-layout) Hugging Face directory."""
+    from bilingual.export.hf_export import export_hf
+    from tokenizer_fixture import build_tokenizer
+
+    build_tokenizer(500).save_pretrained(str(tmp_path / "tokenizer"))  # fits MODEL's 512-row table
+    first = train(config("pairs", num_steps=2), tmp_path / "pairs", SyntheticBatches(["pairs"]))
+    export = export_hf(MODEL, jax.tree.map(np.asarray, first.state.params), tmp_path / "hf",
+                       tokenizer_dir=tmp_path / "tokenizer")
+    tiny_lr = OptimizerConfig(learning_rate=1e-30, warmup_steps=0, total_steps=1, weight_decay=0.0)
+    probe = train(config("pairs", num_steps=1, optimizer=tiny_lr, init_from=str(export)), tmp_path / "probe",
+                  SyntheticBatches(["pairs"]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12),
+                 probe.state.params, first.state.params)
