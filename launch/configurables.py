@@ -9,6 +9,7 @@ Names usable in gin files:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 import gin
@@ -39,9 +40,21 @@ def evaluation_settings(suite: Optional[str] = None, data_root: Optional[str] = 
     return {"suite": suite, "data_root": data_root, "tokenizer_dir": tokenizer_dir, "limit": limit}
 
 
+class _QuietGinSearch(logging.Filter):
+    """gin logs 'Path not found' at ERROR for every include it then finds on the search path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found:")
+
+
 def parse(gin_files, gin_bindings) -> None:
     """Parse files then bindings (later ones win); raises with the file and line on errors."""
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False)
+    quiet = _QuietGinSearch()
+    logging.getLogger().addFilter(quiet)
+    try:
+        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False)
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def build() -> tuple[trainer.TrainConfig, dict, dict]:
