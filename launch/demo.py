@@ -58,12 +58,13 @@ def run_stage(stage: str, workdir: pathlib.Path, tokenizer: pathlib.Path, init_f
     return workdir / stage / "checkpoints"
 
 
-def evaluate(checkpoint, tokenizer: pathlib.Path) -> dict[str, float]:
+def evaluate(checkpoint, tokenizer: pathlib.Path, names=TABLE_TASKS) -> dict[str, float]:
+    """Main scores of the named suite tasks on the bundled held-out data."""
     from bilingual import Encoder
     from bilingual.evaluation import suites
 
-    encoder = Encoder.from_checkpoint(checkpoint, tokenizer=tokenizer) if checkpoint else None
-    tasks = [t for name in TABLE_TASKS for t in suites.get_suite(name)]
+    encoder = Encoder.from_checkpoint(checkpoint, tokenizer=tokenizer)
+    tasks = [t for name in names for t in suites.get_suite(name)]
     result = suites.run_suite(_Adapter(encoder), tasks)
     return {name: r["main_score"] for name, r in result["tasks"].items()}
 

@@ -15,3 +15,23 @@ def test_demo_runs_all_stages_and_exports(tmp_path, capsys):
     diff = float(re.search(r"max \|diff\| = ([0-9.e+-]+)", out).group(1))
     assert diff < 1e-5
     assert (tmp_path / "export" / "config.json").is_file() and (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_ablation_runs_each_sts_variant(tmp_path, capsys):
+    from launch import ablation
+
+    demo.main(["--workdir", str(tmp_path / "demo"), "--gin_bindings", "TrainConfig.num_steps = 2",
+               "--gin_bindings", "TrainConfig.batch_size = 8"])
+    ablation.main(["--pairs", str(tmp_path / "demo" / "pairs" / "checkpoints"),
+                   "--tokenizer", str(tmp_path / "demo" / "tokenizer"), "--workdir", str(tmp_path / "ablation"),
+                   "--seeds", "0", "1", "--gin_bindings", "TrainConfig.num_steps = 2",
+                   "--gin_bindings", "TrainConfig.batch_size = 8"])
+    out = capsys.readouterr().out
+    for variant in ("pearson", "mse", "no STS"):
+        assert re.search(rf"^{variant}\s+-?\d", out, re.M), out[-1500:]
+    # The no-STS variant trained on retrieval batches only: no STS step was compiled in its runs.
+    no_sts_part = out[out.index("[mse seed 1]"):out.index("[no STS seed 1]")]
+    assert "compiled retrieval step" in no_sts_part and "compiled sts step" not in no_sts_part
+    import json
+    summary = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
+    assert set(summary) == {"pearson", "mse", "no STS"} and len(summary["mse"]["runs"]) == 2
