@@ -6,6 +6,8 @@ import functools
 import pathlib
 import tempfile
 
+import pytest
+
 from bilingual import tokenizer as bpe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -28,3 +30,18 @@ def write(path: pathlib.Path, text: str | bytes) -> str:
     else:
         path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tok_dir():
+    """The demo tokenizer, with the demo tasks and mixtures registered for it."""
+    from tasks import demo
+
+    path = demo_tokenizer_dir()
+    demo.register_demo_tasks(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return bpe.load(tok_dir)

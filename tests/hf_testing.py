@@ -15,6 +15,7 @@ import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from bilingual import modeling  # noqa: E402
@@ -121,3 +122,11 @@ def flax_encoder(config, params, ids, mask):
 
 def normalise(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A small tokenizer trained once per session (shared by the export/import tests)."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    train_tokenizer(path)
+    return path

@@ -7,6 +7,7 @@ sentence-transformers, running the shipped PyTorch code (tested on its own in te
 import json
 
 import hf_testing as H  # sets HF_HUB_OFFLINE before transformers is imported
+from hf_testing import tokenizer_dir  # noqa: F401 (fixture)
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -19,13 +20,6 @@ from bilingual.export import hf_state
 from bilingual.export.hf_export import ExportError, export_hf
 
 LENGTHS = [1, 2, 5, 37, 128, 311, 600]
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tokenizer")
-    H.train_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="session")

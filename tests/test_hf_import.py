@@ -4,6 +4,7 @@ import json
 import shutil
 
 import hf_testing as H  # sets HF_HUB_OFFLINE before transformers is imported
+from hf_testing import tokenizer_dir  # noqa: F401 (fixture)
 import numpy as np
 import pytest
 import torch
@@ -14,13 +15,6 @@ from bilingual.export import hf_state
 from bilingual.export.hf_config import HFConfigError
 from bilingual.export.hf_export import export_hf
 from bilingual.export.hf_import import HFImportError, import_hf
-
-
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tokenizer")
-    H.train_tokenizer(path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,19 +9,7 @@ import pytest
 
 from bilingual import tokenizer as bpe
 from tasks import batching, demo, mixtures, registry
-from data_helpers import demo_tokenizer_dir, write
-
-
-@pytest.fixture(scope="module")
-def tok_dir():
-    path = demo_tokenizer_dir()
-    demo.register_demo_tasks(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return bpe.load(tok_dir)
+from data_helpers import demo_tokenizer_dir, tok, tok_dir, write  # noqa: F401 (fixtures)
 
 
 def decode_rows(tok, ids):

@@ -11,21 +11,9 @@ import tensorflow as tf
 
 from bilingual import tokenizer as bpe
 from tasks import batching, demo, mlm, registry, sources
-from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, write
+from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, tok, tok_dir, write  # noqa: F401 (fixtures)
 
 LENGTHS = {"text": 128, "query": 24, "passage": 48, "negatives": 40, "a": 20, "b": 20}
-
-
-@pytest.fixture(scope="module")
-def tok_dir():
-    path = demo_tokenizer_dir()
-    demo.register_demo_tasks(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok(tok_dir):
-    return bpe.load(tok_dir)
 
 
 def ids_of(tok, text):
