@@ -22,6 +22,17 @@ from bilingual.export.hf_export import ExportError, export_hf
 LENGTHS = [1, 2, 5, 37, 128, 311, 600]
 
 
+def spec_embeddings_and_projections(layers, hidden, vocab):
+    """The names both layouts share (MODEL.md): embeddings and the q/k/v projections of every layer."""
+    expected = {"embeddings.word_embeddings.weight": (vocab, hidden), "embeddings.token_type_embeddings.weight": (2, hidden),
+                "embeddings.LayerNorm.weight": (hidden,), "embeddings.LayerNorm.bias": (hidden,)}
+    for n in range(layers):
+        for proj in ("query", "key", "value"):
+            expected[f"encoder.layer.{n}.attention.self.{proj}.weight"] = (hidden, hidden)
+            expected[f"encoder.layer.{n}.attention.self.{proj}.bias"] = (hidden,)
+    return expected
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
@@ -81,13 +92,9 @@ def test_export_writes_the_published_layout(encoder, tokenizer_dir):
     tensors = load_file(str(out / "model.safetensors"))
     H_, I_, V_ = 128, 512, 640
     # Names and shapes straight from the spec's table (not from hf_layout).
-    expected = {"embeddings.word_embeddings.weight": (V_, H_), "embeddings.token_type_embeddings.weight": (2, H_),
-                "embeddings.LayerNorm.weight": (H_,), "embeddings.LayerNorm.bias": (H_,)}
+    expected = spec_embeddings_and_projections(layers=2, hidden=H_, vocab=V_)
     for n in range(2):
         p = f"encoder.layer.{n}."
-        for proj in ("query", "key", "value"):
-            expected[p + f"attention.self.{proj}.weight"] = (H_, H_)
-            expected[p + f"attention.self.{proj}.bias"] = (H_,)
         expected.update({p + "attention.output.dense.weight": (H_, H_), p + "attention.output.dense.bias": (H_,),
                          p + "attention.output.LayerNorm.weight": (H_,), p + "attention.output.LayerNorm.bias": (H_,),
                          p + "mlp.gated_layers.weight": (2 * I_, H_), p + "mlp.wo.weight": (H_, I_),
@@ -250,13 +257,9 @@ def test_qk_post_norm_export_writes_the_published_names(qk_post_norm_encoder):
     tensors = load_file(str(out / "model.safetensors"))
     H_, I_, V_ = 128, 512, 640
     # Names and shapes of the jina-bert-v2-qk-post-norm layout, written out here (not from hf_layout).
-    expected = {"embeddings.word_embeddings.weight": (V_, H_), "embeddings.token_type_embeddings.weight": (2, H_),
-                "embeddings.LayerNorm.weight": (H_,), "embeddings.LayerNorm.bias": (H_,)}
+    expected = spec_embeddings_and_projections(layers=2, hidden=H_, vocab=V_)
     for n in range(2):
         p = f"encoder.layer.{n}."
-        for proj in ("query", "key", "value"):
-            expected[p + f"attention.self.{proj}.weight"] = (H_, H_)
-            expected[p + f"attention.self.{proj}.bias"] = (H_,)
         for norm in ("attention.self.layer_norm_q", "attention.self.layer_norm_k", "attention.output.LayerNorm",
                      "layer_norm_1", "layer_norm_2"):
             expected[p + norm + ".weight"] = (H_,)
