@@ -160,7 +160,8 @@ class JinaBertGLUMLP(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         projected = self.gated_layers(hidden)
         gate, linear = projected[..., : self.intermediate_size], projected[..., self.intermediate_size:]
-        return self.layernorm(self.dropout(self.wo(self.act(gate) * linear)) + hidden)
+        # Dropout before wo, as in the reference (and the Flax model); it only matters in training mode.
+        return self.layernorm(self.wo(self.dropout(self.act(gate) * linear)) + hidden)
 
 
 class JinaBertQKPostNormMLP(nn.Module):
