@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
-	$(PY) benchmarks/encoder.py
+	$(PY) benchmarks/suite.py --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

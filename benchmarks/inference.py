@@ -57,8 +57,22 @@ def long_document(tokenizer, tokens: int, texts: list[str]) -> str:
     return tokenizer.decode(ids)
 
 
-def prepare(workdir: pathlib.Path, preset: str, n: int) -> None:
-    """Tokenizer, random weights, export; the texts and the long document as JSON."""
+def batch_texts(tokenizer, rows: int, length: int, texts: list[str]) -> list[str]:
+    """``rows`` texts of at least ``length`` tokens each (consecutive bundled sentences joined), so that a
+    batch truncated at ``length`` is exactly ``rows x length`` tokens."""
+    out, i = [], 0
+    while len(out) < rows:
+        doc = ""
+        while len(tokenizer(doc)["input_ids"]) < length + 8:
+            doc += " " + texts[i % len(texts)]
+            i += 1
+        out.append(doc.strip())
+    return out
+
+
+def prepare(workdir: pathlib.Path, preset: str, n: int, rows: int = 32, length: int = 128,
+            long_tokens: int = 8192) -> None:
+    """Tokenizer, random weights, export; the texts, the ``rows x length`` batch and the long document as JSON."""
     sys.path.insert(0, str(ROOT))
     import flax.linen as nn
     import jax
@@ -83,15 +97,18 @@ def prepare(workdir: pathlib.Path, preset: str, n: int) -> None:
                                    model_max_length=8192)
     fast.save_pretrained(workdir / "tokenizer")
     config = get_config(preset, hidden_dropout=0.0, pad_token_id=1)
-    abstract = jax.eval_shape(lambda: nn.meta.unbox(JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+    with jax.default_device(jax.devices("cpu")[0]):
+        abstract = jax.eval_shape(lambda: nn.meta.unbox(
+            JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
     rng = np.random.default_rng(0)
     # Random matrices leaf by leaf (a whole-model jitted init alone peaks at ~2 GB); biases 0, LayerNorm scales 1.
     params = jax.tree.map(lambda s: (rng.standard_normal(s.shape, np.float32) * 0.02) if len(s.shape) > 1
                           else np.zeros(s.shape, np.float32), abstract)
     params = _layer_norm_ones(params)
     export_hf(config, params, workdir / "export", tokenizer_dir=workdir / "tokenizer")
-    (workdir / "inputs.json").write_text(json.dumps({"texts": texts,
-                                                     "long": long_document(fast, 8192, texts)}))
+    (workdir / "inputs.json").write_text(json.dumps({"texts": texts, "rows": rows, "length": length,
+                                                     "batch": batch_texts(fast, rows, length, texts),
+                                                     "long": long_document(fast, long_tokens, texts)}))
 
 
 def _layer_norm_ones(params):
@@ -109,58 +126,87 @@ def _layer_norm_ones(params):
     return out
 
 
-def run_jax(workdir: pathlib.Path, which: str) -> dict:
+def run_jax(workdir: pathlib.Path, which: str, compute_dtype: str = "float32", repeats: int = 3,
+            attention_impl: str = "auto") -> dict:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import jax
+
     from bilingual import Encoder
 
     inputs = json.loads((workdir / "inputs.json").read_text())
-    encoder = Encoder.from_checkpoint(workdir / "export")
-    return _timed(lambda texts, max_length: encoder.encode(texts, batch_size=32, max_length=max_length,
-                                                           show_progress=False),
-                  encoder.tokenizer, inputs, which)
+    encoder = Encoder.from_checkpoint(workdir / "export", compute_dtype=compute_dtype, attention_impl=attention_impl)
+    result = _timed(lambda texts, max_length: encoder.encode(texts, batch_size=32, max_length=max_length,
+                                                             show_progress=False),
+                    encoder.tokenizer, inputs, which, repeats)
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats:
+        result["peak_device_gb"] = stats.get("peak_bytes_in_use", 0) / 2 ** 30
+    result["backend"] = jax.default_backend()
+    return result
 
 
-def run_torch(workdir: pathlib.Path, which: str) -> dict:
+def run_torch(workdir: pathlib.Path, which: str, compute_dtype: str = "float32", repeats: int = 3,
+              attention_impl: str = "auto") -> dict:
+    import contextlib
+
     import torch
     from sentence_transformers import SentenceTransformer
 
-    torch.set_num_threads(2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(min(2, os.cpu_count() or 2))
     inputs = json.loads((workdir / "inputs.json").read_text())
-    model = SentenceTransformer(str(workdir / "export"), trust_remote_code=True, device="cpu")
+    model = SentenceTransformer(str(workdir / "export"), trust_remote_code=True, device=device)
+    # f32 weights with bf16 autocast: the same numerics as the JAX side's f32 params + bf16 compute
+    autocast = (torch.autocast(device, dtype=torch.bfloat16) if compute_dtype == "bfloat16"
+                else contextlib.nullcontext())
 
     def encode(texts, max_length):
         model.max_seq_length = max_length
-        with torch.inference_mode():
-            return model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        with torch.inference_mode(), autocast:
+            out = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
-    return _timed(encode, model.tokenizer, inputs, which)
+    # CPU: one call of the 8192-token document takes minutes and PyTorch compiles nothing, so no warm-up call
+    result = _timed(encode, model.tokenizer, inputs, which, repeats, warm_up=not (which == "long" and device == "cpu"))
+    if device == "cuda":
+        result["peak_device_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    result["backend"] = device
+    return result
 
 
-def _timed(encode, tokenizer, inputs, which) -> dict:
-    if which == "sentences":
-        texts = inputs["texts"]
-        tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"])
+def _timed(encode, tokenizer, inputs, which, repeats: int = 3, warm_up: bool = True) -> dict:
+    """Seconds of ``encode``: the first call (JAX: includes compilation) and the median of ``repeats`` warm
+    calls. ``which``: "sentences" (the bundled sentences, max 512), "batch" (rows x length), "long" (one doc)."""
+    if which == "long":
+        texts, max_length, repeats = [inputs["long"]], 8192, 1
+    elif which == "batch":
+        texts, max_length = inputs["batch"], inputs["length"]
+    else:
+        texts, max_length, repeats = inputs["texts"], 512, 1
+    tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    first = None
+    if warm_up:
         start = time.perf_counter()
-        encode(texts, 512)
+        encode(texts, max_length)
         first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
         start = time.perf_counter()
-        encode(texts, 512)
-        second = time.perf_counter() - start
-        return {"tokens": tokens, "first_s": first, "second_s": second, "tokens_per_s": tokens / second}
-    doc = inputs["long"]
-    tokens = len(tokenizer(doc, truncation=True, max_length=8192)["input_ids"])
-    start = time.perf_counter()
-    encode([doc], 8192)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    encode([doc], 8192)
-    return {"tokens": tokens, "first_s": first, "second_s": time.perf_counter() - start}
+        encode(texts, max_length)
+        times.append(time.perf_counter() - start)
+    warm = sorted(times)[len(times) // 2]
+    return {"tokens": tokens, "rows": len(texts), "first_s": first if first is not None else warm,
+            "second_s": warm, "tokens_per_s": tokens / warm}
 
 
-def child(kind: str, which: str, workdir: pathlib.Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--which", which, "--workdir", str(workdir)],
-                         capture_output=True, text=True)
+def child(kind: str, which: str, workdir: pathlib.Path, *extra: str) -> dict:
+    """Run one measurement in a fresh interpreter (its own peak RSS / device memory); its JSON result."""
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--which", which, "--workdir", str(workdir),
+                          *extra], capture_output=True, text=True)
     if out.returncode:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(f"{kind} {which} failed with exit code {out.returncode}")
@@ -175,15 +221,21 @@ def main() -> None:
     parser.add_argument("--child", choices=["prepare", "jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--which", default="sentences", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--attention_impl", default="auto", help="JAX side: auto, dense, chunked, cudnn")
+    parser.add_argument("--repeats", type=int, default=3, help="warm calls timed per measurement (median)")
+    parser.add_argument("--rows", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         workdir = pathlib.Path(args.workdir)
         if args.child == "prepare":
-            prepare(workdir, args.preset, args.sentences)
+            prepare(workdir, args.preset, args.sentences, args.rows, args.length)
             result = {}
         else:
-            result = (run_jax if args.child == "jax" else run_torch)(workdir, args.which)
+            result = (run_jax if args.child == "jax" else run_torch)(workdir, args.which, args.compute_dtype,
+                                                                      args.repeats, args.attention_impl)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(json.dumps(result))
         return

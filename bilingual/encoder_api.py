@@ -96,13 +96,18 @@ class Encoder:
       tokenizer: a ``transformers`` fast tokenizer, or its directory. It must add the model's special
         tokens (``<s> ... </s>``) itself, as the published JinaBERT tokenizers do.
       compute_dtype: override ``config.compute_dtype`` (e.g. ``"bfloat16"`` on accelerators).
+      attention_impl: override ``config.attention_impl`` (``"dense"``, ``"chunked"``, ``"cudnn"``; default
+        ``"auto"`` picks per platform and length).
       data_parallel: split each batch across all local devices.
     """
 
     def __init__(self, config: EncoderConfig, params, tokenizer, *, compute_dtype: Optional[str] = None,
-                 data_parallel: bool = False, name: str = "bilingual-encoder"):
+                 attention_impl: Optional[str] = None, data_parallel: bool = False,
+                 name: str = "bilingual-encoder"):
         if compute_dtype is not None:
             config = config.replace(compute_dtype=compute_dtype)
+        if attention_impl is not None:
+            config = config.replace(attention_impl=attention_impl)
         self.config = config
         self.name = name
         self.tokenizer = load_tokenizer(tokenizer)

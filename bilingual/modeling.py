@@ -88,8 +88,18 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
-        h = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        h = self.dropout(self.LayerNorm(h), deterministic=deterministic)
+        cfg = self.config
+        dtype = jnp.dtype(cfg.compute_dtype)
+        # Gather from the float32 table and cast afterwards (nn.Embed casts the table first). The gradient is
+        # then a float32 scatter-add, which GPUs do with native atomics; a bf16 scatter-add is a
+        # compare-and-swap loop: 170 ms of a 443 ms base-de MLM step (64 x 512) on an H200.
+        words = jnp.take(self.word_embeddings.embedding, input_ids, axis=0).astype(dtype)
+        # The type table has a couple of rows that every token hits: a one-hot product makes its gradient a
+        # reduction instead of batch x length atomic adds on one row (the other 170 ms above).
+        one_hot = jax.nn.one_hot(token_type_ids, cfg.type_vocab_size, dtype=jnp.float32)
+        types = jnp.einsum("blt,th->blh", one_hot, self.token_type_embeddings.embedding,
+                           precision=jax.lax.Precision.HIGHEST).astype(dtype)
+        h = self.dropout(self.LayerNorm(words + types), deterministic=deterministic)
         return _constrain(h, (BATCH, LENGTH, EMBED))
 
 

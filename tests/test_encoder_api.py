@@ -135,6 +135,14 @@ def test_data_parallel_matches_single_device(model, encoder):
     assert parallel.used_shapes and all(rows % 8 == 0 for rows, _ in parallel.used_shapes)
 
 
+def test_attention_implementation_override(model, encoder):
+    chunked = Encoder(*model, build_tokenizer(), attention_impl="chunked")
+    assert chunked.config.attention_impl == "chunked" and encoder.config.attention_impl == "auto"
+    np.testing.assert_allclose(chunked.encode(TEXTS, batch_size=4), encoder.encode(TEXTS, batch_size=4), atol=1e-5)
+    with pytest.raises(Exception, match="attention_impl"):
+        Encoder(*model, build_tokenizer(), attention_impl="flash")
+
+
 def test_bad_arguments(model, encoder):
     config, params = model
     with pytest.raises(ValueError, match=r"max_length must be in \[2, 8192\]"):

@@ -146,6 +146,35 @@ def test_bf16_compute_keeps_float32_parameters():
     np.testing.assert_allclose(np.asarray(out.embedding), np.asarray(f32.embedding), atol=0.1)
 
 
+def test_embedding_gradients_are_one_float32_scatter():
+    """bf16 compute: the word-table gradient is a single float32 scatter-add (GPUs have native f32 atomics; a
+    bf16 one is a compare-and-swap loop, measured at 170 ms of a 443 ms base-de step on an H200) and the
+    type table's is a reduction. Both tables still get every position's gradient, on the rows used."""
+    import re
+
+    config = get_config("tiny", compute_dtype="bfloat16", hidden_dropout=0.0)
+    ids, mask = random_batch(2, 16, [16, 9], config.vocab_size)
+    types = jnp.asarray(np.random.RandomState(3).randint(0, 2, ids.shape), jnp.int32)
+    params = init_params(config, ids)
+    upstream = jnp.asarray(np.random.RandomState(4).randn(2, 16, config.hidden_size), jnp.float32)
+
+    def loss(p):
+        out = JinaBert(config).apply({"params": p}, ids, mask, types).last_hidden_state
+        return jnp.sum(out.astype(jnp.float32) * upstream)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).as_text(dialect="hlo")
+    scatters = re.findall(r"= (\w+)\[([\d,]+)\][^ ]* scatter\(", hlo)
+    assert scatters == [("f32", f"{config.vocab_size},{config.hidden_size}")], scatters
+
+    g = jax.grad(loss)(params)["embeddings"]
+    g_words = np.asarray(g["word_embeddings"]["embedding"])
+    g_types = np.asarray(g["token_type_embeddings"]["embedding"])
+    unused = np.setdiff1d(np.arange(config.vocab_size), np.asarray(ids))
+    assert np.all(g_words[unused] == 0) and np.abs(g_words[np.unique(ids)]).sum(axis=1).min() > 0
+    # every position adds its pre-LayerNorm gradient once to each table: the row sums agree
+    np.testing.assert_allclose(g_words.sum(axis=0), g_types.sum(axis=0), rtol=1e-4, atol=1e-5)
+
+
 def test_remat_gives_the_same_gradients():
     config = get_config("tiny", hidden_dropout=0.0)
     ids, mask = random_batch(2, 12, [12, 8], config.vocab_size)

@@ -1,0 +1,333 @@
+"""One command, one table: every benchmark of the project side by side with its baseline, in one run.
+
+    python benchmarks/suite.py                      # `make bench`: CPU, base-de in float32, ~10-14 min on 2 cores
+    python benchmarks/suite.py --profile gpu        # `benchmarks/gpu.sh`: one GPU, base-de with bf16 compute
+    python benchmarks/suite.py --json bench.json    # also write every figure as JSON
+    python benchmarks/suite.py --sections train,gradcache --preset tiny   # a quick partial run
+
+Rows (each measured in a fresh subprocess, so peak memory is that measurement's own):
+
+* inference: the JAX encoder (`bilingual.Encoder`) versus the same random `base-de` weights exported to a
+  Hugging Face directory and run by sentence-transformers in PyTorch (the export's own modeling code):
+  tokens/s at a batch of 32 x 128 tokens (median of warm calls), and time and peak memory for one
+  8192-token document (peak RSS on CPU, peak allocated device memory on GPU);
+* train steps: the MLM step (512 tokens, 30% predicted) and the pair step (bi-directional InfoNCE, 128 tokens
+  a side): tokens/s and MFU against the matmul peak measured in the same run (and the vendor peak on GPU);
+* GradCache: the compiled pair step's memory at 256 and at 4096 pairs (same chunk size), and the plain step
+  at 256 pairs;
+* input pipeline (CPU; needs tensorflow/seqio): MLM packing+masking and pair batches, tokens/s, against the
+  train steps they have to feed (the `tiny` step, the hardest to keep fed, and the `base-de` step above).
+
+Figures vary run to run on a shared machine: compare ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+SECTIONS = ("inference", "train", "gradcache", "pipeline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Sizes of one run. ``cpu`` fits 15 minutes on 2 cores and ~8 GB; ``gpu`` fills one H100/H200 briefly."""
+
+    preset: str = "base-de"
+    compute_dtype: str = "float32"
+    attention_impl: str = "auto"
+    matmul_sizes: tuple = (1024, 2048, 3072)
+    mlm_batch: int = 2
+    pair_batch: int = 16
+    pair_chunks: int = 1
+    step_repeats: int = 3
+    infer_rows: int = 32
+    infer_length: int = 128
+    infer_repeats: int = 3
+    gradcache_chunk: int = 32
+    pipeline_mlm_batches: int = 30
+    pipeline_pair_batches: int = 200
+
+
+PROFILES = {
+    "cpu": Profile(),
+    "gpu": Profile(compute_dtype="bfloat16", matmul_sizes=(4096, 8192), mlm_batch=64, pair_batch=4096,
+                   pair_chunks=16, step_repeats=10, infer_repeats=20),
+}
+
+
+# ---------------------------------------------------------------- children: one measurement per process
+
+def _child_train(p: Profile) -> dict:
+    sys.path.insert(0, str(HERE))
+    import train_step
+
+    return train_step.measure_steps(p.preset, p.compute_dtype, p.mlm_batch, p.pair_batch, p.pair_chunks,
+                                    p.step_repeats, p.matmul_sizes, p.attention_impl)
+
+
+def _child_gradcache(p: Profile) -> dict:
+    sys.path.insert(0, str(HERE))
+    import train_step
+
+    return train_step.measure_gradcache(p.preset, p.compute_dtype, p.gradcache_chunk,
+                                        attention_impl=p.attention_impl)
+
+
+def _child_pipeline(p: Profile) -> dict:
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(ROOT))
+    import input_pipeline
+
+    from bilingual import tokenizer as bpe
+    from tasks import demo
+
+    tok_dir = tempfile.mkdtemp(prefix="bench-tok-")
+    bpe.train_and_save({"de": [str(demo.DEMO_TRAIN_DIR / "mlm/de.txt")],
+                        "en": [str(demo.DEMO_TRAIN_DIR / "mlm/en.txt")]}, tok_dir, vocab_size=8192,
+                       show_progress=False)
+    demo.register_demo_tasks(tok_dir)
+    mlm = input_pipeline.time_pipeline("mlm_de_en", 32, {"text": 512}, p.pipeline_mlm_batches)
+    pairs = input_pipeline.time_pipeline("pairs_mix_de", 32, {"query": 64, "passage": 128},
+                                         p.pipeline_pair_batches)
+    tiny = input_pipeline.time_model("tiny", 32, 512, bpe.load(tok_dir).get_vocab_size(), 2)
+    return {"mlm": mlm, "pairs": pairs, "tiny_mlm_step_tokens_per_s": tiny}
+
+
+def _run_child(args: list[str], timeout: float | None = None) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-6000:])
+        raise RuntimeError(f"{' '.join(args[:4])} ... failed with exit code {out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def apply_overrides(profile: Profile, items: list[str], error) -> Profile:
+    """``FIELD=VALUE`` strings applied to ``profile``, each value parsed as the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(profile, name)
+        try:
+            if isinstance(current, tuple):
+                changes[name] = tuple(int(v) for v in value.split(","))
+            else:
+                changes[name] = type(current)(value)
+        except ValueError:
+            error(f"--set {item!r}: {value!r} is not a valid {type(current).__name__}")
+    return dataclasses.replace(profile, **changes)
+
+
+def _section(name: str, profile_name: str, p: Profile) -> dict:
+    overrides = [f"--set={k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                 for k, v in dataclasses.asdict(p).items()]
+    return _run_child([__file__, "--child", name, "--profile", profile_name, *overrides])
+
+
+def run_inference(p: Profile, log) -> dict:
+    script = str(HERE / "inference.py")
+    common = ["--compute_dtype", p.compute_dtype, "--repeats", str(p.infer_repeats),
+              "--attention_impl", p.attention_impl]
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
+        subprocess.run([sys.executable, script, "--child", "prepare", "--workdir", tmp, "--preset", p.preset,
+                        "--sentences", "600", "--rows", str(p.infer_rows), "--length", str(p.infer_length)],
+                       check=True, capture_output=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        out = {}
+        for kind in ("jax", "torch"):
+            for which in ("batch", "long"):
+                start = time.perf_counter()
+                out[f"{kind}_{which}"] = _run_child([script, "--child", kind, "--which", which, "--workdir", tmp,
+                                                     *common])
+                log(f"  inference {kind} {which}: {time.perf_counter() - start:.0f} s")
+    return out
+
+
+# ---------------------------------------------------------------- the table
+
+def _gb(x):
+    return f"{x / 2 ** 30:.2f}" if x is not None else "-"
+
+
+def _mem(r: dict) -> tuple[str, float]:
+    if "peak_device_gb" in r:
+        return "peak device memory (GB)", r["peak_device_gb"]
+    return "peak RSS (GB)", r["peak_rss_gb"]
+
+
+def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
+    """Rows (measurement, this project, baseline, ratio) from the sections that ran."""
+    rows = []
+    inf = results.get("inference")
+    if inf:
+        jb, tb = inf["jax_batch"], inf["torch_batch"]
+        rows.append((f"inference {jb['rows']} x {p.infer_length} tokens, tokens/s",
+                     f"JAX {jb['tokens_per_s']:.0f}", f"PyTorch export {tb['tokens_per_s']:.0f}",
+                     f"{jb['tokens_per_s'] / tb['tokens_per_s']:.2f}x"))
+        jl, tl = inf["jax_long"], inf["torch_long"]
+        rows.append((f"inference one {jl['tokens']}-token doc, warm s", f"JAX {jl['second_s']:.2f}",
+                     f"PyTorch export {tl['second_s']:.2f}", f"{tl['second_s'] / jl['second_s']:.2f}x faster"))
+        label, jm = _mem(jl)
+        _, tm = _mem(tl)
+        rows.append((f"inference one {jl['tokens']}-token doc, {label}", f"JAX {jm:.2f}", f"PyTorch export {tm:.2f}",
+                     f"{jm / tm:.2f}"))
+        rows.append((f"inference one {jl['tokens']}-token doc, first call s", f"JAX {jl['first_s']:.1f} (compiles)",
+                     f"PyTorch export {tl['first_s']:.1f}", ""))
+    tr = results.get("train")
+    if tr:
+        peak = tr["matmul_peak_flops"]
+        vendor = tr.get("vendor_peak_flops")
+        rows.append((f"matmul peak, {tr['compute_dtype']} (measured this run)", f"{peak / 1e12:.3f} TFLOP/s",
+                     f"vendor {vendor / 1e12:.0f} TFLOP/s" if vendor else "", f"{peak / vendor:.0%}" if vendor else ""))
+        for key, name in (("mlm", f"MLM step {tr['mlm']['batch']} x {tr['mlm']['length']}"),
+                          ("pairs", f"pair step {tr['pairs']['batch']} x 2 x {tr['pairs']['length']}"
+                                    + (f", GradCache {tr['pairs']['gradcache_chunks']} chunks"
+                                       if tr['pairs']['gradcache_chunks'] > 1 else ""))):
+            m = tr[key]
+            mfu = f"MFU {m['mfu_measured_peak']:.1%} of measured peak"
+            if m.get("mfu_vendor_peak"):
+                mfu += f", {m['mfu_vendor_peak']:.1%} of vendor"
+            rows.append((f"{name}, tokens/s", f"{m['tokens_per_s']:.0f}", f"{m['flops_per_s'] / 1e12:.3f} TFLOP/s",
+                         mfu))
+    gc = results.get("gradcache")
+    if gc:
+        rows.append((f"GradCache pair step memory, {gc['large']} vs {gc['small']} pairs (chunks of {gc['chunk']})",
+                     f"{_gb(gc['gradcache_large_bytes'])} GB", f"{_gb(gc['gradcache_small_bytes'])} GB",
+                     f"{gc['gradcache_large_bytes'] / gc['gradcache_small_bytes']:.3f} (flat = 1)"))
+        rows.append((f"plain pair step memory, {gc['small']} pairs (no GradCache)", f"{_gb(gc['plain_small_bytes'])} GB",
+                     f"GradCache {_gb(gc['gradcache_small_bytes'])} GB",
+                     f"{gc['plain_small_bytes'] / gc['gradcache_small_bytes']:.1f}x"))
+    pl = results.get("pipeline")
+    if pl:
+        tiny = pl["tiny_mlm_step_tokens_per_s"]
+        base = tr["mlm"]["tokens_per_s"] if tr else None
+        rows.append(("input pipeline MLM (pack + mask, rows of 512), tokens/s", f"{pl['mlm']['tokens_s']:.0f}",
+                     f"tiny MLM step {tiny:.0f}", f"{pl['mlm']['tokens_s'] / tiny:.1f}x (goal >= 5x)"))
+        if base:
+            rows.append((f"input pipeline MLM vs {p.preset} MLM step", f"{pl['mlm']['tokens_s']:.0f}",
+                         f"{p.preset} step {base:.0f}", f"{pl['mlm']['tokens_s'] / base:.0f}x"))
+        pair_step = tr["pairs"]["tokens_per_s"] if tr else None
+        rows.append(("input pipeline pairs (query 64 / passage 128), tokens/s", f"{pl['pairs']['tokens_s']:.0f}",
+                     f"{p.preset} pair step {pair_step:.0f}" if pair_step else "",
+                     f"{pl['pairs']['tokens_s'] / pair_step:.0f}x" if pair_step else ""))
+    for name, error in results.get("skipped", {}).items():
+        rows.append((f"{name}", "not run", error, ""))
+    return rows
+
+
+def print_table(rows, header: str) -> None:
+    widths = [max(len(r[i]) for r in rows + [("measurement", "bilingual", "baseline", "ratio")]) for i in range(4)]
+    print(header)
+    line = "  ".join(h.ljust(w) for h, w in zip(("measurement", "bilingual", "baseline", "ratio"), widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    parts = []
+    for name in ("jax", "flax", "torch", "transformers", "sentence-transformers"):
+        try:
+            parts.append(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            parts.append(f"{name} missing")
+    return ", ".join(parts)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    parser.add_argument("--preset", default=None, help="encoder preset (default: the profile's, base-de)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override one profile field, e.g. --set mlm_batch=8 (fields: "
+                             + ", ".join(f.name for f in dataclasses.fields(Profile)) + ")")
+    parser.add_argument("--child", choices=["train", "gradcache", "pipeline"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    if args.preset:
+        profile = dataclasses.replace(profile, preset=args.preset)
+    profile = apply_overrides(profile, args.set, parser.error)
+
+    if args.child:
+        result = {"train": _child_train, "gradcache": _child_gradcache, "pipeline": _child_pipeline}[args.child](
+            profile)
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        print(json.dumps(result))
+        return
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {SECTIONS}")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    results: dict = {"profile": args.profile, "config": dataclasses.asdict(profile), "skipped": {}}
+    results["notes"] = {}
+
+    def measure(name, p):
+        return run_inference(p, log) if name == "inference" else _section(name, args.profile, p)
+
+    for name in sections:
+        start = time.perf_counter()
+        log(f"[bench] {name} ...")
+        if name == "pipeline" and not _has("seqio"):
+            results["skipped"][name] = "seqio/tensorflow not installed here (the CPU run measures it)"
+            continue
+        try:
+            results[name] = measure(name, profile)
+        except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            if profile.attention_impl == "auto" and args.profile != "cpu" and name != "pipeline":
+                # one prepared run on a borrowed accelerator: if the platform's attention kernel fails,
+                # measure with the portable XLA one and say so, rather than lose the row
+                results["notes"][name] = f"attention 'auto' failed ({str(e)[:120]}); measured with 'chunked'"
+                try:
+                    results[name] = measure(name, dataclasses.replace(profile, attention_impl="chunked"))
+                except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as e2:
+                    results["skipped"][name] = f"failed: {e2}"[:160]
+            else:
+                results["skipped"][name] = f"failed: {e}"[:160]
+        log(f"[bench] {name} done in {time.perf_counter() - start:.0f} s")
+
+    header = (f"bilingual benchmarks: profile {args.profile}, preset {profile.preset}, {profile.compute_dtype} "
+              f"compute; {platform.machine()}, {os.cpu_count()} CPUs"
+              + (f", {results['train']['device']}" if "train" in results else "")
+              + f"; {_versions()}; {time.perf_counter() - started:.0f} s in all")
+    print_table(table(results, profile), header)
+    for name, note in results["notes"].items():
+        print(f"note ({name}): {note}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    if results["skipped"]:
+        sys.exit(1 if any(v.startswith("failed") for v in results["skipped"].values()) else 0)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()
