@@ -288,8 +288,9 @@ def test_config_rejects_unknown_choices(field, value):
 
 
 def test_sequence_classification_head_reads_the_mean_embedding():
-    config = _config(num_labels=3)
+    config = _config(num_labels=3, classifier_pooling="mean")
     model = _randomise(mb.JinaBertForSequenceClassification(config))
+    assert model.bert.pooler is None
     ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([2, 0]))
@@ -300,6 +301,28 @@ def test_sequence_classification_head_reads_the_mean_embedding():
     np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(out.loss.item(), -(log_softmax[0, 2] + log_softmax[1, 0]) / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", [None, "cls"])
+def test_sequence_classification_head_defaults_to_the_reference_cls_pooler(pooling):
+    """Without ``classifier_pooling`` (the reference's config) the head reads ``tanh(pooler(h[:, 0]))``."""
+    config = _config(num_labels=1, **({} if pooling is None else {"classifier_pooling": pooling}))
+    model = _randomise(mb.JinaBertForSequenceClassification(config))
+    ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    scores = torch.tensor([0.5, 2.0])
+    out = model(input_ids=ids, attention_mask=mask, labels=scores)
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy()
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    pooled = np.tanh(hidden[:, 0] @ sd["bert.pooler.dense.weight"].T + sd["bert.pooler.dense.bias"])
+    predicted = pooled @ sd["classifier.weight"].T + sd["classifier.bias"]
+    np.testing.assert_allclose(out.logits.detach().numpy(), predicted, atol=1e-5)
+    np.testing.assert_allclose(out.loss.item(), ((predicted[:, 0] - scores.numpy()) ** 2).mean(), rtol=1e-5)
+
+
+def test_config_rejects_unknown_classifier_pooling():
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        _config(classifier_pooling="max")
 
 
 def test_alibi_bias_is_built_per_query_block_for_the_actual_length(monkeypatch):

@@ -385,13 +385,23 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
 
 
 class JinaBertForSequenceClassification(JinaBertPreTrainedModel):
-    """Classifier on the mean-pooled embedding (``config.num_labels`` outputs; the head is new weights)."""
+    """Classifier (``config.num_labels`` outputs): ``classifier(dropout(pooled))``, state-dict names ``bert.*``
+    and ``classifier.{weight,bias}``.
+
+    ``config.classifier_pooling``: ``"cls"`` (also when absent, as the reference ``JinaBertForSequenceClassification``)
+    pools with the BERT tanh pooler on the first token (``bert.pooler.dense``); ``"mean"`` with the masked mean
+    of the last hidden states (no pooler). ``labels`` give a loss by ``config.problem_type`` (inferred as BERT
+    does when unset): MSE for ``regression`` (``num_labels == 1``), cross-entropy for
+    ``single_label_classification``, binary cross-entropy with logits for ``multi_label_classification``.
+    """
 
     def __init__(self, config: JinaBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = JinaBertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pooling = getattr(config, "classifier_pooling", None) or "cls"
+        self.bert = JinaBertModel(config, add_pooling_layer=self.pooling == "cls")
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -399,15 +409,25 @@ class JinaBertForSequenceClassification(JinaBertPreTrainedModel):
                 inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
         outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
                             output_hidden_states=output_hidden_states)
-        mask = attention_mask if attention_mask is not None else torch.ones(
-            outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
-        logits = self.classifier(self.dropout(mean_pooling(outputs.last_hidden_state, mask)))
+        if self.pooling == "cls":
+            pooled = outputs.pooler_output
+        else:
+            mask = attention_mask if attention_mask is not None else torch.ones(
+                outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
+            pooled = mean_pooling(outputs.last_hidden_state, mask)
+        logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
+            problem = self.config.problem_type
+            if problem is None:
+                problem = ("regression" if self.num_labels == 1 else "single_label_classification"
+                           if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif problem == "single_label_classification":
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         if return_dict is False:
             return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
