@@ -1,5 +1,6 @@
-"""Export/import of fine-tuned classifiers in the reference ``JinaBertForSequenceClassification`` layout:
-files and names, transformers' custom-code loading with Flax-vs-PyTorch logit parity, and the round trip."""
+"""Export/import of fine-tuned heads in the reference ``JinaBertFor*`` layouts (sequence classification and
+regression, token classification, QA): files and names, transformers' custom-code loading with Flax-vs-PyTorch
+logit parity, and the round trip."""
 
 import json
 
@@ -25,7 +26,22 @@ CASES = {
     "mean": (HeadConfig("classification", num_labels=3, pooling="mean"), LABELS),
     "regression": (HeadConfig("regression", num_labels=1, pooling="cls"), ["similarity"]),
     "regression-mean": (HeadConfig("regression", num_labels=1, pooling="mean"), None),
+    "token": (HeadConfig("token_classification", num_labels=5), ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]),
+    "qa": (HeadConfig("question_answering"), None),
 }
+SEQUENCE_CASES = ["cls", "mean", "regression", "regression-mean"]
+ARCHITECTURES = {"classification": "JinaBertForSequenceClassification",
+                 "regression": "JinaBertForSequenceClassification",
+                 "token_classification": "JinaBertForTokenClassification",
+                 "question_answering": "JinaBertForQuestionAnswering"}
+AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
+                "regression": "AutoModelForSequenceClassification",
+                "token_classification": "AutoModelForTokenClassification",
+                "question_answering": "AutoModelForQuestionAnswering"}
+
+
+def output_name(head):
+    return "qa_outputs" if head.task == "question_answering" else "classifier"
 
 
 def head_params(config, head, seed=1):
@@ -34,8 +50,9 @@ def head_params(config, head, seed=1):
     params = init_head_params(model, jax.random.key(seed), H.init_params(config, seed=seed))
     params = jax.tree.map(np.asarray, params)
     rng = np.random.default_rng(seed)
-    params["classifier"]["bias"] = (0.5 * rng.standard_normal(head.num_labels)).astype(np.float32)
-    params["classifier"]["kernel"] = (0.2 * rng.standard_normal((config.hidden_size, head.num_labels))).astype(np.float32)
+    out = output_name(head)
+    params[out]["bias"] = (0.5 * rng.standard_normal(head.num_outputs)).astype(np.float32)
+    params[out]["kernel"] = (0.2 * rng.standard_normal((config.hidden_size, head.num_outputs))).astype(np.float32)
     if head.uses_pooler:
         params["bert"]["pooler"]["dense"]["bias"] = (0.1 * rng.standard_normal(config.hidden_size)).astype(np.float32)
     return params
@@ -63,51 +80,68 @@ def exports(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_export_writes_the_reference_classifier_layout(exports, name):
+def test_export_writes_the_reference_layout(exports, name):
     config, head, labels, params, path = exports[name]
     values = json.loads((path / "config.json").read_text())
-    assert values["architectures"] == ["JinaBertForSequenceClassification"]
-    assert values["auto_map"]["AutoModelForSequenceClassification"] == "modeling_bert.JinaBertForSequenceClassification"
-    assert values["num_labels"] == head.num_labels
-    names = labels or ["LABEL_0"]
+    architecture = ARCHITECTURES[head.task]
+    assert values["architectures"] == [architecture]
+    assert values["auto_map"][AUTO_CLASSES[head.task]] == f"modeling_bert.{architecture}"
+    assert values["auto_map"]["AutoModel"] == "modeling_bert.JinaBertModel"
+    assert values["num_labels"] == head.num_outputs
+    names = labels or [f"LABEL_{i}" for i in range(head.num_outputs)]
     assert values["id2label"] == {str(i): n for i, n in enumerate(names)}
     assert values["label2id"] == {n: i for i, n in enumerate(names)}
-    assert values["problem_type"] == ("regression" if head.task == "regression" else "single_label_classification")
-    assert values["classifier_pooling"] == head.pooling and values["classifier_dropout"] == head.dropout
+    assert values["classifier_dropout"] == head.dropout
+    assert values["add_pooling_layer"] == head.uses_pooler
+    if name in SEQUENCE_CASES:
+        assert values["problem_type"] == ("regression" if head.task == "regression" else "single_label_classification")
+        assert values["classifier_pooling"] == head.pooling
+    else:
+        assert "problem_type" not in values and "classifier_pooling" not in values
     tensors = load_file(str(path / "model.safetensors"))
-    assert tensors["classifier.weight"].shape == (head.num_labels, config.hidden_size)
-    np.testing.assert_array_equal(tensors["classifier.weight"], params["classifier"]["kernel"].T)
-    np.testing.assert_array_equal(tensors["classifier.bias"], params["classifier"]["bias"])
+    out = output_name(head)
+    assert tensors[f"{out}.weight"].shape == (head.num_outputs, config.hidden_size)
+    np.testing.assert_array_equal(tensors[f"{out}.weight"], params[out]["kernel"].T)
+    np.testing.assert_array_equal(tensors[f"{out}.bias"], params[out]["bias"])
     np.testing.assert_array_equal(tensors["bert.embeddings.word_embeddings.weight"],
                                   params["bert"]["embeddings"]["word_embeddings"]["embedding"])
     np.testing.assert_array_equal(tensors["bert.encoder.layer.1.mlp.gated_layers.weight"],
                                   params["bert"]["encoder"]["layer_1"]["mlp"]["gated_layers"]["kernel"].T)
-    assert ("bert.pooler.dense.weight" in tensors) == (head.pooling == "cls")
-    assert all(n.startswith("bert.") or n.startswith("classifier.") for n in tensors)
+    assert ("bert.pooler.dense.weight" in tensors) == head.uses_pooler
+    assert all(n.startswith("bert.") or n.startswith(out + ".") for n in tensors)
     assert (path / "modeling_bert.py").is_file() and (path / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_transformers_logits_equal_flax_logits(exports, batch, name):
-    from transformers import AutoModelForSequenceClassification
+    import transformers
 
     config, head, labels, params, path = exports[name]
     ids, mask, types = batch
-    flax_logits = np.asarray(model_for_head(config, head).apply(
-        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
-    model, info = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=True,
-                                                                      output_loading_info=True)
+    flax_out = model_for_head(config, head).apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+    auto = getattr(transformers, AUTO_CLASSES[head.task])
+    model, info = auto.from_pretrained(str(path), trust_remote_code=True, output_loading_info=True)
     model.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert type(model).__name__ == "JinaBertForSequenceClassification"
-    assert model.config.num_labels == head.num_labels
+    assert type(model).__name__ == ARCHITECTURES[head.task]
+    assert model.config.num_labels == head.num_outputs
     if labels:
         assert model.config.id2label == dict(enumerate(labels))
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
-                       token_type_ids=torch.tensor(types, dtype=torch.long)).logits.numpy()
-    assert logits.shape == flax_logits.shape == (len(LENGTHS), head.num_labels)
-    np.testing.assert_allclose(logits, flax_logits, atol=1e-5, rtol=0)
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                    token_type_ids=torch.tensor(types, dtype=torch.long))
+    valid = mask.astype(bool)
+    if name in SEQUENCE_CASES:
+        assert out.logits.shape == flax_out.shape == (len(LENGTHS), head.num_labels)
+        np.testing.assert_allclose(out.logits.numpy(), np.asarray(flax_out), atol=1e-5, rtol=0)
+    elif head.task == "token_classification":
+        assert out.logits.shape == flax_out.shape == (len(LENGTHS), ids.shape[1], head.num_labels)
+        np.testing.assert_allclose(out.logits.numpy()[valid], np.asarray(flax_out)[valid], atol=1e-5, rtol=0)
+    else:  # QA: the Flax model masks padding, BERT's QA head does not; real positions must agree
+        for torch_logits, flax_logits in ((out.start_logits, flax_out[0]), (out.end_logits, flax_out[1])):
+            assert torch_logits.shape == flax_logits.shape == ids.shape
+            np.testing.assert_allclose(torch_logits.numpy()[valid], np.asarray(flax_logits)[valid], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -116,7 +150,7 @@ def test_import_round_trips_the_export(exports, name):
     got_config, got_head, got_params, got_labels = import_classifier(path)
     assert got_config == config
     assert got_head == head
-    assert got_labels == (labels or ["LABEL_0"])
+    assert got_labels == (labels or ([] if head.task == "question_answering" else ["LABEL_0"]))
     assert jax.tree.structure(got_params) == jax.tree.structure(params)
     for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(params)):
         assert got.dtype == np.float32
@@ -158,9 +192,12 @@ def test_export_errors_name_the_problem(tmp_path, tokenizer_dir):
         export_classifier(config, head, params, tmp_path / "a", tokenizer_dir=tokenizer_dir, labels=["x", "y"])
     with pytest.raises(ExportError, match="auto_map='upstream' cannot describe a mean-pooling classifier"):
         export_classifier(config, head, params, tmp_path / "b", tokenizer_dir=tokenizer_dir, auto_map="upstream")
-    with pytest.raises(ExportError, match="HeadConfig.task='token_classification'"):
+    with pytest.raises(ExportError, match="auto_map='upstream' is not offered for HeadConfig.task='token_classification'"):
         export_classifier(config, HeadConfig("token_classification", num_labels=3), params, tmp_path / "c",
-                          tokenizer_dir=tokenizer_dir)
+                          tokenizer_dir=tokenizer_dir, auto_map="upstream")
+    with pytest.raises(ExportError, match="question-answering head has no label names"):
+        export_classifier(config, HeadConfig("question_answering"), params, tmp_path / "c",
+                          tokenizer_dir=tokenizer_dir, labels=["a", "b"])
     cls_head = HeadConfig("classification", num_labels=3, pooling="cls")
     with pytest.raises(StateDictMismatch, match=r"missing \(2\): bert.pooler.dense.bias, bert.pooler.dense.weight"):
         export_classifier(config, cls_head, params, tmp_path / "d", tokenizer_dir=tokenizer_dir)
@@ -181,7 +218,7 @@ def test_upstream_auto_map_for_a_cls_classifier(tmp_path, tokenizer_dir):
 def test_import_refuses_an_encoder_export_and_a_classifier_missing_its_pooler(tmp_path, tokenizer_dir, exports):
     config = H.tiny_config()
     encoder = export_hf(config, H.init_params(config), tmp_path / "enc", tokenizer_dir=tokenizer_dir)
-    with pytest.raises(HFImportError, match=r"architectures is \['JinaBertModel'\]"):
+    with pytest.raises(HFImportError, match=r"architectures is \['JinaBertModel'\], not one of"):
         import_classifier(encoder)
     # A CLS classifier whose pooler tensors are gone: every parameter must come from the file.
     from safetensors.numpy import save_file

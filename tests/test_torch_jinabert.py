@@ -320,6 +320,42 @@ def test_sequence_classification_head_defaults_to_the_reference_cls_pooler(pooli
     np.testing.assert_allclose(out.loss.item(), ((predicted[:, 0] - scores.numpy()) ** 2).mean(), rtol=1e-5)
 
 
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_token_classification_head_and_loss():
+    model = _randomise(mb.JinaBertForTokenClassification(_config(num_labels=4)))
+    assert model.bert.pooler is None
+    ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    labels = torch.tensor([[0, 3, -100, -100], [1, 2, 2, 0]])
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy()
+    logits = hidden @ model.classifier.weight.detach().numpy().T + model.classifier.bias.detach().numpy()
+    np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
+    log_probs = _np_log_softmax(logits)
+    picked = [log_probs[b, t, labels[b, t]] for b in range(2) for t in range(4) if labels[b, t] >= 0]
+    np.testing.assert_allclose(out.loss.item(), -np.mean(picked), rtol=1e-5)
+
+
+def test_question_answering_head_and_loss():
+    model = _randomise(mb.JinaBertForQuestionAnswering(_config(num_labels=2)))
+    ids = torch.tensor([[5, 9, 3, 1, 7], [4, 8, 2, 2, 6]])
+    out = model(input_ids=ids, start_positions=torch.tensor([1, 9]), end_positions=torch.tensor([3, 4]))
+    hidden = model.bert(input_ids=ids).last_hidden_state.detach().numpy()
+    logits = hidden @ model.qa_outputs.weight.detach().numpy().T + model.qa_outputs.bias.detach().numpy()
+    np.testing.assert_allclose(out.start_logits.detach().numpy(), logits[..., 0], atol=1e-5)
+    np.testing.assert_allclose(out.end_logits.detach().numpy(), logits[..., 1], atol=1e-5)
+    start, end = _np_log_softmax(logits[..., 0]), _np_log_softmax(logits[..., 1])
+    # start position 9 is beyond the sequence: clamped to L and ignored, as BERT does
+    expected = (-start[0, 1] + -(end[0, 3] + end[1, 4]) / 2) / 2
+    np.testing.assert_allclose(out.loss.item(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="num_labels == 2"):
+        mb.JinaBertForQuestionAnswering(_config(num_labels=3))
+
+
 def test_config_rejects_unknown_classifier_pooling():
     with pytest.raises(ValueError, match="classifier_pooling"):
         _config(classifier_pooling="max")

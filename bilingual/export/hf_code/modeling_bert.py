@@ -15,6 +15,8 @@ Shapes: ``B`` batch, ``L`` sequence length, ``H`` hidden size, ``N`` heads, ``D 
   ``LayerNorm(h + wo(act(g) * u))`` with the exact (erf) GELU for ``geglu`` and ReLU for ``reglu``.
 - Embeddings for retrieval: masked mean of the last hidden states (``mean_pooling``), L2-normalised by
   ``encode``.
+- Heads (the reference's ``JinaBertFor*`` names): masked LM; sequence classification / regression on the CLS
+  pooler or, with ``config.classifier_pooling="mean"``, the mean embedding; token classification; extractive QA.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, QuestionAnsweringModelOutput,
+                                           SequenceClassifierOutput, TokenClassifierOutput)
 
 from .configuration_bert import JinaBertConfig
 
@@ -431,3 +434,62 @@ class JinaBertForSequenceClassification(JinaBertPreTrainedModel):
         if return_dict is False:
             return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class JinaBertForTokenClassification(JinaBertPreTrainedModel):
+    """Per-token classifier: ``classifier(dropout(last_hidden_state))``, logits ``[B, L, num_labels]``; names
+    ``bert.*`` (no pooler) and ``classifier.{weight,bias}``. ``labels [B, L]`` (-100 = ignore) give the loss."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = JinaBertModel(config, add_pooling_layer=False)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1), ignore_index=-100)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class JinaBertForQuestionAnswering(JinaBertPreTrainedModel):
+    """Extractive QA: ``qa_outputs`` (``[H, 2]``, no dropout) gives ``start_logits`` and ``end_logits`` ``[B, L]``
+    at every position (padding included, as BERT's). ``start_positions``/``end_positions [B]`` give the mean of
+    the two cross-entropies; positions outside the sequence are ignored, as in BERT."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"JinaBertForQuestionAnswering needs num_labels == 2 (start, end), got {config.num_labels}")
+        self.bert = JinaBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, length)
+            end = end_positions.view(-1).clamp(0, length)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=length)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=length)) / 2
+        if return_dict is False:
+            return tuple(x for x in (loss, start_logits, end_logits, outputs.hidden_states) if x is not None)
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=outputs.hidden_states)
