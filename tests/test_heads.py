@@ -323,3 +323,15 @@ def test_adamw_steps_learn_a_separable_task():
         final, final_metrics = loss_fn(params)
         assert float(final) < 0.5 * first, (pooling, first, float(final))
         assert float(final_metrics["accuracy"]) >= 0.9, pooling
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda h: f"{h.task}-{h.pooling}")
+def test_bfloat16_compute_gives_float32_logits_close_to_float32(head):
+    ids, mask, types = batch()
+    params = perturbed(init_head_params(model_for_head(CONFIG, head), jax.random.key(5)))
+    full = model_for_head(CONFIG, head).apply({"params": params}, ids, mask, types)
+    half = model_for_head(CONFIG.replace(compute_dtype="bfloat16"), head).apply({"params": params}, ids, mask, types)
+    for f, h in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
+        assert h.dtype == jnp.float32
+        valid = np.abs(np.asarray(f)) < 1e8  # QA padding positions hold MASKED_LOGIT in both
+        np.testing.assert_allclose(np.asarray(h)[valid], np.asarray(f)[valid], atol=0.15, rtol=0.05)

@@ -248,3 +248,26 @@ def test_sentence_transformers_cross_encoder_scores_pairs_like_flax(exports, tok
         {"params": params}, jnp.asarray(encoded["input_ids"], jnp.int32), jnp.asarray(encoded["attention_mask"]),
         None if types is None else jnp.asarray(types, jnp.int32)))[:, 0]
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_qk_post_norm_classifier_parity_and_round_trip(tmp_path, tokenizer_dir, batch):
+    """The base-es layer (jina-bert-v2-qk-post-norm names) under a CLS classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = H.tiny_config(qk_layernorm=True, layer_layout="qk_post_norm")
+    head = HeadConfig("classification", num_labels=2, pooling="cls", dropout=0.2)
+    params = head_params(config, head, seed=5)
+    path = export_classifier(config, head, params, tmp_path / "es", tokenizer_dir=tokenizer_dir, labels=["no", "yes"])
+    assert "bert.encoder.layer.0.mlp.up_gated_layer.weight" in load_file(str(path / "model.safetensors"))
+    ids, mask, types = batch
+    flax_logits = np.asarray(model_for_head(config, head).apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types)))
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), trust_remote_code=True).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                       token_type_ids=torch.tensor(types, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(logits, flax_logits, atol=1e-5, rtol=0)
+    got_config, got_head, got_params, got_labels = import_classifier(path)
+    assert (got_config, got_head, got_labels) == (config, head, ["no", "yes"])
+    for got, want in zip(jax.tree.leaves(got_params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, want)
