@@ -32,13 +32,13 @@ from bilingual import modeling  # noqa: E402
 from bilingual.config import get_config  # noqa: E402
 from bilingual.export.hf_export import export_hf  # noqa: E402
 
-DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / "sentences-de-en.tsv"
+DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "demo" / "train" / "pairs" / "de-en.tsv"
 
 
 def sentences() -> list[str]:
     with DATA.open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    return [cell for row in rows for cell in row]
+    return [cell for row in rows for cell in row[:2]]
 
 
 def train_tokenizer(texts, out_dir):
