@@ -2,7 +2,8 @@
 
 Measures, in one process:
 
-* the XLA matmul peak of this device in the compute dtype (best over the sizes of the median of 5) — the
+* the XLA matmul peak of this device in the compute dtype (best over the sizes of the median of 5, measured
+  before and after the steps) — the
   denominator for MFU (on accelerators the vendor's dense bf16 peak is printed beside it);
 * the MLM step (batch x 512 tokens, 30% of positions predicted) and the pair step (bi-directional InfoNCE,
   batch x 128 tokens per side, optionally GradCache chunks): tokens/s (median of the timed steps) and MFU.
@@ -124,6 +125,10 @@ def measure_steps(preset="base-de", compute_dtype="float32", mlm_batch_size=2, p
     out["pairs"] = {"batch": pair_batch_size, "length": PAIR_LENGTH, "gradcache_chunks": pair_chunks,
                     "seconds": seconds, "compile_s": compile_s,
                     "tokens_per_s": 2 * pair_batch_size * PAIR_LENGTH / seconds, "flops_per_s": train_flops / seconds}
+    # On a shared machine the peak measured before the steps may have met more contention than they did:
+    # measure it again after them and keep the better of the two.
+    peak = max(peak, flops.measure_matmul_peak(matmul_sizes, repeats=5, dtype=compute_dtype))
+    out["matmul_peak_flops"] = peak
     for key in ("mlm", "pairs"):
         out[key]["mfu_measured_peak"] = out[key]["flops_per_s"] / peak
         out[key]["mfu_vendor_peak"] = out[key]["flops_per_s"] / vendor if vendor else None
