@@ -42,7 +42,8 @@ DATA_ROOT_ENV = "BILINGUAL_FINETUNE_DATA"
 HEAD_TASKS = ("classification", "regression")
 INPUTS = ("text", "pair")
 METRICS = ("accuracy", "macro_f1", "spearman", "pearson")
-DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# Powers of two from 64: on a CPU each new shape costs seconds of compilation, more than its padding.
+DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 SIB200_LABELS = ("science/technology", "travel", "politics", "sports", "health", "entertainment", "geography")
 
 
@@ -298,6 +299,20 @@ def load_task(spec: TaskSpec, data_root=None) -> TaskData:
     return TaskData(spec, labels, train, dev, test, dev_source)
 
 
+def limit_rows(data: TaskData, max_train: int = 0, max_eval: int = 0, seed: int = 0) -> TaskData:
+    """A fixed-seed random subset (kept in file order) of at most ``max_train`` train rows and
+    ``max_eval`` dev and test rows each; 0 keeps a split whole."""
+
+    def cut(examples: Examples, n: int, tag: int) -> Examples:
+        if not n or len(examples) <= n:
+            return examples
+        keep = np.sort(np.random.default_rng([seed, tag]).choice(len(examples), size=n, replace=False))
+        return examples.subset(keep)
+
+    return dataclasses.replace(data, train=cut(data.train, max_train, 0), dev=cut(data.dev, max_eval, 1),
+                               test=cut(data.test, max_eval, 2))
+
+
 # ------------------------------------------------------------------------------- the transfer guard
 
 # The most frequent function words of each language (closed-class, short lists): enough to tell en/de/es
@@ -429,26 +444,47 @@ def num_batches(n_rows: int, batch_size: int, drop_remainder: bool) -> int:
     return n_rows // batch_size if drop_remainder else -(-n_rows // batch_size)
 
 
+def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+                drop_remainder: bool, group_size: int = 32) -> list[np.ndarray]:
+    """Row indices per batch.
+
+    ``shuffle``: rows permuted with a generator seeded by ``(seed, epoch)``, then, within consecutive
+    groups of ``group_size`` batches, sorted by length before being cut into batches, and the batches
+    shuffled again (batches hold rows of similar length, so less padding; the mix still changes every
+    epoch). Without ``shuffle``: rows sorted by length (evaluation; predictions go back by index)."""
+    n = len(lengths)
+    if not shuffle:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, num_batches(n, batch_size, False) * batch_size, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if drop_remainder:
+        order = order[:num_batches(n, batch_size, True) * batch_size]
+    chunk = batch_size * group_size
+    grouped = np.concatenate([part[np.argsort(lengths[part], kind="stable")]
+                              for part in np.split(order, range(chunk, len(order), chunk))]) if len(order) else order
+    batches = [grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def iterate_batches(split: TokenizedSplit, batch_size: int, *, pad_id: int = 1, shuffle: bool = False,
                     seed: int = 0, epoch: int = 0, drop_remainder: bool = False,
                     buckets: Sequence[int] = DEFAULT_BUCKETS) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``batch_size`` rows: ``input_ids``/``attention_mask``/``token_type_ids`` ``[B, L]`` int32,
-    ``labels`` ``[B]`` (int32 or float32), ``weights`` ``[B]`` float32 (0 on padding rows), ``index`` ``[B]``
-    (row of the split, -1 on padding rows). ``L`` is the bucket of the batch's longest row.
-
-    ``shuffle``: a permutation seeded by ``(seed, epoch)``, so every epoch differs and reruns repeat.
+    """Batches of ``batch_size`` rows in :func:`batch_order`: ``input_ids``/``attention_mask``/
+    ``token_type_ids`` ``[B, L]`` int32, ``labels`` ``[B]`` (int32 or float32), ``weights`` ``[B]`` float32
+    (0 on padding rows), ``index`` ``[B]`` (row of the split, -1 on padding rows). ``L`` is the bucket of
+    the batch's longest row. Reruns with the same ``(seed, epoch)`` repeat exactly.
     Without ``drop_remainder`` the last batch is filled with weight-0 padding rows (fixed shapes)."""
-    n = len(split)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    for b in range(num_batches(n, batch_size, drop_remainder)):
-        index = order[b * batch_size:(b + 1) * batch_size]
-        length = bucket_length(max(len(split.ids[i]) for i in index), split.max_length, buckets)
+    lengths = np.asarray([len(x) for x in split.ids])
+    for index in batch_order(lengths, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                             drop_remainder=drop_remainder):
+        length = bucket_length(int(lengths[index].max()), split.max_length, buckets)
         ids = np.full((batch_size, length), pad_id, np.int32)
         mask = np.zeros((batch_size, length), np.int32)
         for row, i in enumerate(index):
             ids[row, :len(split.ids[i])] = split.ids[i]
             mask[row, :len(split.ids[i])] = 1
-        labels = np.zeros((batch_size,), split.labels.dtype if split.labels.dtype == np.float32 else np.int32)
+        labels = np.zeros((batch_size,), np.float32 if split.labels.dtype == np.float32 else np.int32)
         labels[:len(index)] = split.labels[index]
         weights = np.zeros((batch_size,), np.float32)
         weights[:len(index)] = 1.0

@@ -70,6 +70,7 @@ class FinetuneConfig:
     seed: int = 0
     init_from: Optional[str] = None
     dropout: bool = True
+    length_buckets: tuple[int, ...] = finetune_data.DEFAULT_BUCKETS  # padded lengths (capped at max_length)
 
 
 @dataclasses.dataclass
@@ -269,7 +270,7 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
 
     def predictions(params, split) -> np.ndarray:
         out = np.zeros((len(split), head.num_labels), np.float32)
-        for batch in finetune_data.iterate_batches(split, eval_batch):
+        for batch in finetune_data.iterate_batches(split, eval_batch, buckets=config.length_buckets):
             arrays = sharded.put_batch(mesh, _local_rows({k: batch[k] for k in BATCH_KEYS[:3]}))
             with sharding.sharding_context(mesh, sharding.LOGICAL_RULES):
                 logits = np.asarray(jax.device_get(predict(params, arrays)))
@@ -293,7 +294,8 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
         for epoch in range(1, config.num_epochs + 1):
             start, losses = time.perf_counter(), []
             for batch in finetune_data.iterate_batches(splits["train"], config.batch_size, shuffle=True,
-                                                       seed=config.seed, epoch=epoch, drop_remainder=True):
+                                                       seed=config.seed, epoch=epoch, drop_remainder=True,
+                                                       buckets=config.length_buckets):
                 arrays = {k: batch[k] for k in BATCH_KEYS}
                 key = arrays["input_ids"].shape
                 if key not in compiled:
