@@ -88,7 +88,8 @@ class TaskSpec:
         if self.metric not in METRICS:
             raise FinetuneDataError(f"TaskSpec {self.name!r}: metric={self.metric!r}, expected one of {METRICS}")
         if self.head == "regression" and self.metric not in ("spearman", "pearson"):
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: a regression task is scored by spearman or pearson")
+            raise FinetuneDataError(f"TaskSpec {self.name!r}: metric={self.metric!r}, but a regression task is "
+                                    "scored by spearman or pearson")
         if self.dev is None and not 0.0 < self.dev_fraction < 1.0:
             raise FinetuneDataError(f"TaskSpec {self.name!r}: without a dev file, dev_fraction must be in (0, 1)")
 
@@ -200,7 +201,8 @@ def read_label_set(path, spec_name: str = "") -> tuple[str, ...]:
 
 
 def load_examples(path, spec: TaskSpec, labels: Optional[Sequence[str]] = None) -> Examples:
-    """Read one TSV of ``spec``'s format; ``labels`` maps label strings to class ids (classification)."""
+    """Read one TSV of ``spec``'s format; ``labels`` (default ``spec.labels``) lists the label strings in
+    class-id order (classification)."""
     path = pathlib.Path(path)
     texts, pairs, values, lines = [], [], [], []
     if spec.head == "regression":
@@ -220,6 +222,7 @@ def load_examples(path, spec: TaskSpec, labels: Optional[Sequence[str]] = None) 
             values.append((score - low) / (high - low))
         return Examples(texts, pairs, np.asarray(values, np.float32), str(path), lines)
 
+    labels = labels if labels is not None else spec.labels
     if labels is None:
         raise FinetuneDataError(f"TaskSpec {spec.name!r}: a classification file needs its label list")
     label_ids = {label: i for i, label in enumerate(labels)}

@@ -71,6 +71,7 @@ class FinetuneConfig:
     init_from: Optional[str] = None
     dropout: bool = True
     length_buckets: tuple[int, ...] = finetune_data.DEFAULT_BUCKETS  # padded lengths (capped at max_length)
+    eval_at_start: bool = False  # also score dev before training (history epoch 0; never selected)
 
 
 @dataclasses.dataclass
@@ -290,6 +291,9 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
     best_epoch, best_value = 0, -np.inf
     base_key = jax.random.key(config.seed + 1)
     step = 0
+    if config.eval_at_start:
+        dev = score_predictions(spec.head, predictions(state.params, splits["dev"]), splits["dev"].labels)
+        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "dev": dev, "seconds": 0.0})
     try:
         for epoch in range(1, config.num_epochs + 1):
             start, losses = time.perf_counter(), []
@@ -327,7 +331,7 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
         best_ckpt.close()
     test = score_predictions(spec.head, predictions(best_params, splits["test"]), splits["test"].labels)
     result = FinetuneResult(task=spec.name, metric=spec.metric, best_epoch=best_epoch,
-                            dev=history[best_epoch - 1]["dev"], test=test, history=history, params=best_params,
+                            dev=next(h["dev"] for h in history if h["epoch"] == best_epoch), test=test, history=history, params=best_params,
                             workdir=workdir)
     if jax.process_index() == 0:
         (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
