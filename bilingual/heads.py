@@ -214,16 +214,26 @@ def init_head_params(model: nn.Module, rng: jax.Array, encoder_params=None, *, e
     """Fresh (unboxed) parameters for ``model`` (a ``model_for_head`` result).
 
     With ``encoder_params`` (the JinaBert tree: ``checkpoints.load_encoder(...)[1]``, or ``params["bert"]``
-    of an MLM checkpoint) they replace ``params["bert"]`` leaf for leaf, objects kept as given. When the head
-    uses the pooler and the encoder has none, the pooler stays freshly initialised; an encoder pooler the
-    head does not use (mean pooling, token tasks) is dropped. Any other missing or extra name, or a shape
-    that differs, raises ``HeadError`` listing them (usually an encoder of another size than ``model.config``).
-    Host-side, unsharded; for a mesh use ``sharding.init_sharded`` and copy the encoder in the same way.
+    of an MLM checkpoint) they replace ``params["bert"]`` as ``merge_encoder_params`` does.
+    Host-side, unsharded; on a mesh, initialise with ``sharding.init_sharded`` and call
+    ``merge_encoder_params`` on the result.
     """
     ids = jnp.ones((1, min(example_length, model.config.max_length)), jnp.int32)
     params = nn.meta.unbox(model.init(rng, ids)["params"])
     if encoder_params is None:
         return params
+    return merge_encoder_params(params, encoder_params, model.config)
+
+
+def merge_encoder_params(params, encoder_params, config: Optional[EncoderConfig] = None):
+    """``params`` (a head model's tree) with ``params["bert"]`` replaced leaf for leaf by ``encoder_params``,
+    the objects kept as given (no copy, no cast, no device move).
+
+    When the head uses the pooler and the encoder has none, the pooler of ``params`` is kept (fresh); an
+    encoder pooler the head does not use (mean pooling, token tasks) is dropped. Any other missing or extra
+    name, or a shape that differs, raises ``HeadError`` listing them (usually an encoder of another size;
+    ``config``, if given, is quoted in the message).
+    """
     encoder_params = nn.meta.unbox(encoder_params)
     if not isinstance(encoder_params, dict) or "embeddings" not in encoder_params:
         keys = sorted(encoder_params) if isinstance(encoder_params, dict) else type(encoder_params).__name__
@@ -243,10 +253,12 @@ def init_head_params(model: nn.Module, rng: jax.Array, encoder_params=None, *, e
     problems += [f"{name}: encoder has {have[name]}, model expects {shape}"
                  for name, shape in sorted(want.items()) if name in have and have[name] != shape]
     if problems:
-        raise HeadError("encoder_params do not fit the head model's encoder (hidden_size="
-                        f"{model.config.hidden_size}, num_layers={model.config.num_layers}, vocab_size="
-                        f"{model.config.vocab_size}, layer_layout={model.config.layer_layout!r}):\n  "
-                        + "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+        described = "" if config is None else (
+            f" (hidden_size={config.hidden_size}, num_layers={config.num_layers}, vocab_size={config.vocab_size}, "
+            f"layer_layout={config.layer_layout!r})")
+        more = f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise HeadError(f"encoder_params do not fit the head model's encoder{described}:\n  "
+                        + "\n  ".join(problems[:20]) + more)
     return {**params, "bert": given}
 
 

@@ -13,8 +13,8 @@ from bilingual import JinaBert, get_config, sharding
 from bilingual.config import ConfigError
 from bilingual.heads import (
     MASKED_LOGIT, HeadConfig, HeadError, JinaBertForQuestionAnswering, JinaBertForSequenceClassification,
-    JinaBertForTokenClassification, classification_loss, init_head_params, loss_for_head, model_for_head,
-    regression_loss, span_loss, token_classification_loss)
+    JinaBertForTokenClassification, classification_loss, init_head_params, loss_for_head, merge_encoder_params,
+    model_for_head, regression_loss, span_loss, token_classification_loss)
 
 CONFIG = get_config("tiny", num_layers=1, vocab_size=256, hidden_dropout=0.1)
 LENGTHS = [9, 5, 1]
@@ -285,6 +285,12 @@ def test_heads_shard_on_a_mesh():
     ids, mask, types = batch(lengths=[9, 5, 1, 9])
     params = sharding.init_sharded(model, jax.random.key(0), mesh, ids)
     assert params["classifier"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    # A pre-trained encoder put in place on the mesh keeps the tree (and so the shardings) of the model.
+    encoder = jax.device_put(encoder_params(False), jax.tree.map(lambda x: x.sharding, {
+        k: v for k, v in params["bert"].items() if k != "pooler"}))
+    params = merge_encoder_params(params, encoder, CONFIG)
+    for got, want in zip(jax.tree.leaves(params["bert"]["encoder"]), jax.tree.leaves(encoder["encoder"])):
+        assert got is want
     assert params["bert"]["pooler"]["dense"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     host = jax.device_get(params)
     with sharding.sharding_context(mesh):
@@ -323,3 +329,15 @@ def test_adamw_steps_learn_a_separable_task():
         final, final_metrics = loss_fn(params)
         assert float(final) < 0.5 * first, (pooling, first, float(final))
         assert float(final_metrics["accuracy"]) >= 0.9, pooling
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda h: f"{h.task}-{h.pooling}")
+def test_bfloat16_compute_gives_float32_logits_close_to_float32(head):
+    ids, mask, types = batch()
+    params = perturbed(init_head_params(model_for_head(CONFIG, head), jax.random.key(5)))
+    full = model_for_head(CONFIG, head).apply({"params": params}, ids, mask, types)
+    half = model_for_head(CONFIG.replace(compute_dtype="bfloat16"), head).apply({"params": params}, ids, mask, types)
+    for f, h in zip(jax.tree.leaves(full), jax.tree.leaves(half)):
+        assert h.dtype == jnp.float32
+        valid = np.abs(np.asarray(f)) < 1e8  # QA padding positions hold MASKED_LOGIT in both
+        np.testing.assert_allclose(np.asarray(h)[valid], np.asarray(f)[valid], atol=0.15, rtol=0.05)

@@ -288,8 +288,9 @@ def test_config_rejects_unknown_choices(field, value):
 
 
 def test_sequence_classification_head_reads_the_mean_embedding():
-    config = _config(num_labels=3)
+    config = _config(num_labels=3, classifier_pooling="mean")
     model = _randomise(mb.JinaBertForSequenceClassification(config))
+    assert model.bert.pooler is None
     ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([2, 0]))
@@ -300,6 +301,64 @@ def test_sequence_classification_head_reads_the_mean_embedding():
     np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(out.loss.item(), -(log_softmax[0, 2] + log_softmax[1, 0]) / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", [None, "cls"])
+def test_sequence_classification_head_defaults_to_the_reference_cls_pooler(pooling):
+    """Without ``classifier_pooling`` (the reference's config) the head reads ``tanh(pooler(h[:, 0]))``."""
+    config = _config(num_labels=1, **({} if pooling is None else {"classifier_pooling": pooling}))
+    model = _randomise(mb.JinaBertForSequenceClassification(config))
+    ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    scores = torch.tensor([0.5, 2.0])
+    out = model(input_ids=ids, attention_mask=mask, labels=scores)
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy()
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    pooled = np.tanh(hidden[:, 0] @ sd["bert.pooler.dense.weight"].T + sd["bert.pooler.dense.bias"])
+    predicted = pooled @ sd["classifier.weight"].T + sd["classifier.bias"]
+    np.testing.assert_allclose(out.logits.detach().numpy(), predicted, atol=1e-5)
+    np.testing.assert_allclose(out.loss.item(), ((predicted[:, 0] - scores.numpy()) ** 2).mean(), rtol=1e-5)
+
+
+def _np_log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_token_classification_head_and_loss():
+    model = _randomise(mb.JinaBertForTokenClassification(_config(num_labels=4)))
+    assert model.bert.pooler is None
+    ids = torch.tensor([[5, 9, 3, 1], [4, 8, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    labels = torch.tensor([[0, 3, -100, -100], [1, 2, 2, 0]])
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    hidden = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy()
+    logits = hidden @ model.classifier.weight.detach().numpy().T + model.classifier.bias.detach().numpy()
+    np.testing.assert_allclose(out.logits.detach().numpy(), logits, atol=1e-5)
+    log_probs = _np_log_softmax(logits)
+    picked = [log_probs[b, t, labels[b, t]] for b in range(2) for t in range(4) if labels[b, t] >= 0]
+    np.testing.assert_allclose(out.loss.item(), -np.mean(picked), rtol=1e-5)
+
+
+def test_question_answering_head_and_loss():
+    model = _randomise(mb.JinaBertForQuestionAnswering(_config(num_labels=2)))
+    ids = torch.tensor([[5, 9, 3, 1, 7], [4, 8, 2, 2, 6]])
+    out = model(input_ids=ids, start_positions=torch.tensor([1, 9]), end_positions=torch.tensor([3, 4]))
+    hidden = model.bert(input_ids=ids).last_hidden_state.detach().numpy()
+    logits = hidden @ model.qa_outputs.weight.detach().numpy().T + model.qa_outputs.bias.detach().numpy()
+    np.testing.assert_allclose(out.start_logits.detach().numpy(), logits[..., 0], atol=1e-5)
+    np.testing.assert_allclose(out.end_logits.detach().numpy(), logits[..., 1], atol=1e-5)
+    start, end = _np_log_softmax(logits[..., 0]), _np_log_softmax(logits[..., 1])
+    # start position 9 is beyond the sequence: clamped to L and ignored, as BERT does
+    expected = (-start[0, 1] + -(end[0, 3] + end[1, 4]) / 2) / 2
+    np.testing.assert_allclose(out.loss.item(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="num_labels == 2"):
+        mb.JinaBertForQuestionAnswering(_config(num_labels=3))
+
+
+def test_config_rejects_unknown_classifier_pooling():
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        _config(classifier_pooling="max")
 
 
 def test_alibi_bias_is_built_per_query_block_for_the_actual_length(monkeypatch):

@@ -9,12 +9,18 @@ transformers. The fields follow ``jinaai/jina-bert-implementation``'s config; th
   ``mlp.layernorm``) or ``"jina-bert-v2-qk-post-norm"`` (the published qk-post-norm layer: qk-LayerNorm,
   ``layer_norm_1``/``layer_norm_2`` and ``mlp.up_gated_layer``/``mlp.down_layer``).
 - ``add_pooling_layer``: whether the model has the (unused for embeddings) BERT tanh pooler.
+- ``classifier_pooling``: what ``JinaBertForSequenceClassification`` classifies: ``"cls"`` (the BERT tanh
+  pooler on the first token, as the reference's class; the default when the key is absent) or ``"mean"``
+  (the masked mean of the last hidden states, the embedding the model is trained to produce).
+
+``classifier_dropout`` is BERT's: the dropout before the classifier (``hidden_dropout_prob`` when ``None``).
 """
 
 from transformers import PretrainedConfig
 
 LAYER_LAYOUTS = ("jina-bert-implementation", "jina-bert-v2-qk-post-norm")
 FEED_FORWARD_TYPES = ("geglu", "reglu")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 
 class JinaBertConfig(PretrainedConfig):
@@ -41,6 +47,8 @@ class JinaBertConfig(PretrainedConfig):
         qk_layernorm=False,
         layer_layout="jina-bert-implementation",
         add_pooling_layer=False,
+        classifier_pooling=None,
+        classifier_dropout=None,
         attn_implementation=None,
         tie_word_embeddings=True,
         **kwargs,
@@ -61,6 +69,9 @@ class JinaBertConfig(PretrainedConfig):
                              f"got {feed_forward_type!r}")
         if layer_layout not in LAYER_LAYOUTS:
             raise ValueError(f"JinaBertConfig.layer_layout must be one of {LAYER_LAYOUTS}, got {layer_layout!r}")
+        if classifier_pooling is not None and classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"JinaBertConfig.classifier_pooling must be one of {CLASSIFIER_POOLINGS} (or absent: "
+                             f"'cls'), got {classifier_pooling!r}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"JinaBertConfig.hidden_size ({hidden_size}) must be divisible by "
                              f"num_attention_heads ({num_attention_heads})")
@@ -82,3 +93,5 @@ class JinaBertConfig(PretrainedConfig):
         self.qk_layernorm = qk_layernorm
         self.layer_layout = layer_layout
         self.add_pooling_layer = add_pooling_layer
+        self.classifier_pooling = classifier_pooling
+        self.classifier_dropout = classifier_dropout

@@ -15,6 +15,8 @@ Shapes: ``B`` batch, ``L`` sequence length, ``H`` hidden size, ``N`` heads, ``D 
   ``LayerNorm(h + wo(act(g) * u))`` with the exact (erf) GELU for ``geglu`` and ReLU for ``reglu``.
 - Embeddings for retrieval: masked mean of the last hidden states (``mean_pooling``), L2-normalised by
   ``encode``.
+- Heads (the reference's ``JinaBertFor*`` names): masked LM; sequence classification / regression on the CLS
+  pooler or, with ``config.classifier_pooling="mean"``, the mean embedding; token classification; extractive QA.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, QuestionAnsweringModelOutput,
+                                           SequenceClassifierOutput, TokenClassifierOutput)
 
 from .configuration_bert import JinaBertConfig
 
@@ -385,13 +388,23 @@ class JinaBertForMaskedLM(JinaBertPreTrainedModel):
 
 
 class JinaBertForSequenceClassification(JinaBertPreTrainedModel):
-    """Classifier on the mean-pooled embedding (``config.num_labels`` outputs; the head is new weights)."""
+    """Classifier (``config.num_labels`` outputs): ``classifier(dropout(pooled))``, state-dict names ``bert.*``
+    and ``classifier.{weight,bias}``.
+
+    ``config.classifier_pooling``: ``"cls"`` (also when absent, as the reference ``JinaBertForSequenceClassification``)
+    pools with the BERT tanh pooler on the first token (``bert.pooler.dense``); ``"mean"`` with the masked mean
+    of the last hidden states (no pooler). ``labels`` give a loss by ``config.problem_type`` (inferred as BERT
+    does when unset): MSE for ``regression`` (``num_labels == 1``), cross-entropy for
+    ``single_label_classification``, binary cross-entropy with logits for ``multi_label_classification``.
+    """
 
     def __init__(self, config: JinaBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = JinaBertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pooling = getattr(config, "classifier_pooling", None) or "cls"
+        self.bert = JinaBertModel(config, add_pooling_layer=self.pooling == "cls")
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -399,15 +412,84 @@ class JinaBertForSequenceClassification(JinaBertPreTrainedModel):
                 inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
         outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
                             output_hidden_states=output_hidden_states)
-        mask = attention_mask if attention_mask is not None else torch.ones(
-            outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
-        logits = self.classifier(self.dropout(mean_pooling(outputs.last_hidden_state, mask)))
+        if self.pooling == "cls":
+            pooled = outputs.pooler_output
+        else:
+            mask = attention_mask if attention_mask is not None else torch.ones(
+                outputs.last_hidden_state.shape[:2], device=outputs.last_hidden_state.device)
+            pooled = mean_pooling(outputs.last_hidden_state, mask)
+        logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
+            problem = self.config.problem_type
+            if problem is None:
+                problem = ("regression" if self.num_labels == 1 else "single_label_classification"
+                           if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float().view(-1))
+            elif problem == "single_label_classification":
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         if return_dict is False:
             return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class JinaBertForTokenClassification(JinaBertPreTrainedModel):
+    """Per-token classifier: ``classifier(dropout(last_hidden_state))``, logits ``[B, L, num_labels]``; names
+    ``bert.*`` (no pooler) and ``classifier.{weight,bias}``. ``labels [B, L]`` (-100 = ignore) give the loss."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = JinaBertModel(config, add_pooling_layer=False)
+        dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=None, return_dict=None, **kwargs):
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels).float(), labels.view(-1), ignore_index=-100)
+        if return_dict is False:
+            return tuple(x for x in (loss, logits, outputs.hidden_states) if x is not None)
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class JinaBertForQuestionAnswering(JinaBertPreTrainedModel):
+    """Extractive QA: ``qa_outputs`` (``[H, 2]``, no dropout) gives ``start_logits`` and ``end_logits`` ``[B, L]``
+    at every position (padding included, as BERT's). ``start_positions``/``end_positions [B]`` give the mean of
+    the two cross-entropies; positions outside the sequence are ignored, as in BERT."""
+
+    def __init__(self, config: JinaBertConfig):
+        super().__init__(config)
+        if config.num_labels != 2:
+            raise ValueError(f"JinaBertForQuestionAnswering needs num_labels == 2 (start, end), got {config.num_labels}")
+        self.bert = JinaBertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        outputs = self.bert(input_ids, attention_mask, token_type_ids, inputs_embeds=inputs_embeds,
+                            output_hidden_states=output_hidden_states)
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.shape[1]
+            start = start_positions.view(-1).clamp(0, length)
+            end = end_positions.view(-1).clamp(0, length)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=length)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=length)) / 2
+        if return_dict is False:
+            return tuple(x for x in (loss, start_logits, end_logits, outputs.hidden_states) if x is not None)
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                            hidden_states=outputs.hidden_states)
