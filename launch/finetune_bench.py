@@ -2,7 +2,7 @@
 
     python -m launch.finetune_bench --backbone runs/demo/mlm/checkpoints --tokenizer runs/demo/tokenizer \\
         [--compare untrained:tiny] [--tasks sib200-de stsb-de ...] [--epochs 3] [--data_root /path/to/shared/data] \\
-        [--max_train_rows 1000] [--workdir runs/finetune_bench] [--json results.json] [--export]
+        [--max_train_rows 1000] [--max_dev_rows 500] [--workdir runs/finetune_bench] [--json results.json] [--export]
 
 ``--backbone`` / ``--compare``: an orbax checkpoint of any stage (MLM, pairs, multitask), a Hugging Face
 export directory (its tokenizer is used), or ``untrained:<preset>`` (a fresh initialisation of that
@@ -82,7 +82,7 @@ def run_backbone(backbone: Backbone, tokenizer, specs, args, workdir: pathlib.Pa
     results = {}
     for spec in specs:
         data = finetune_data.load_task(spec, args.data_root)
-        data = finetune_data.limit_rows(data, args.max_train_rows, args.max_eval_rows)
+        data = finetune_data.limit_rows(data, args.max_train_rows, args.max_dev_rows, args.max_test_rows)
         config = configurables.build_finetune(spec, init_from=backbone.init_from)
         model = dataclasses.replace(backbone.config, hidden_dropout=config.model.hidden_dropout,
                                     attention_dropout=config.model.attention_dropout)
@@ -109,13 +109,13 @@ def run_backbone(backbone: Backbone, tokenizer, specs, args, workdir: pathlib.Pa
 
 
 def _export(result, config, data, backbone, out: pathlib.Path) -> None:
-    try:
-        from bilingual.export import export_classifier
-    except ImportError:
-        print("  --export: bilingual.export has no export_classifier in this checkout; skipped", flush=True)
-        return
-    export_classifier(config.model, config.head, result.params, out, labels=data.labels,
-                      tokenizer_dir=backbone.tokenizer_dir)
+    import jax
+
+    from bilingual.export.hf_classifier import export_classifier
+
+    head = result.head
+    export_classifier(config.model, head, jax.device_get(result.params), out, labels=data.labels,
+                      tokenizer_dir=backbone.tokenizer_dir, overwrite=True)
     print(f"  exported to {out}", flush=True)
 
 
@@ -154,7 +154,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_root", help="default: ../shared/data when present, else data/finetune")
     parser.add_argument("--max_train_rows", type=int, default=1000,
                         help="fixed-seed subset of each train split (0: all); keeps the CPU suite short")
-    parser.add_argument("--max_eval_rows", type=int, default=0, help="fixed-seed subset of dev and test (0: all)")
+    parser.add_argument("--max_dev_rows", type=int, default=500,
+                        help="fixed-seed subset of each dev split, scored after every epoch (0: all)")
+    parser.add_argument("--max_test_rows", type=int, default=0, help="fixed-seed subset of each test split (0: all)")
     parser.add_argument("--workdir", type=pathlib.Path, default=ROOT / "runs" / "finetune_bench")
     parser.add_argument("--json", type=pathlib.Path, help="results file (default: <workdir>/results.json)")
     parser.add_argument("--gin_file", action="append", help=f"default: {DEFAULT_GIN.relative_to(ROOT)}")
@@ -197,12 +199,15 @@ def main(argv=None) -> dict:
             print(f"note: {b.label} has its own tokenizer {b.tokenizer_dir}; both backbones use {tokenizer_dir}")
     tokenizer = tokenizer_lib.load(tokenizer_dir)
     for b in backbones:
+        b.tokenizer_dir = tokenizer_dir  # what the probes were tokenised with (exports carry it)
+    for b in backbones:
         if tokenizer.get_vocab_size() > b.config.vocab_size:
             raise SystemExit(f"{b.label}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the encoder's "
                              f"vocab_size is {b.config.vocab_size}")
 
-    print(f"data root {args.data_root}; tasks {', '.join(s.name for s in specs)}; max_train_rows "
-          f"{args.max_train_rows or 'all'}", flush=True)
+    print(f"data root {args.data_root}; tasks {', '.join(s.name for s in specs)}; rows at most: train "
+          f"{args.max_train_rows or 'all'}, dev {args.max_dev_rows or 'all'}, test {args.max_test_rows or 'all'}",
+          flush=True)
     start = time.perf_counter()
     results = {b.label: run_backbone(b, tokenizer, specs, args, args.workdir) for b in backbones}
     labels = [b.label for b in backbones]
@@ -212,7 +217,8 @@ def main(argv=None) -> dict:
     report = {"backbones": {b.label: {"spec": (args.backbone, args.compare)[i], "init_from": b.init_from}
                             for i, b in enumerate(backbones)},
               "tokenizer": tokenizer_dir, "data_root": args.data_root, "max_train_rows": args.max_train_rows,
-              "max_eval_rows": args.max_eval_rows, "gin": gin.config_str(), "results": results,
+              "max_dev_rows": args.max_dev_rows,
+              "max_test_rows": args.max_test_rows, "gin": gin.config_str(), "results": results,
               "table": table, "seconds": round(time.perf_counter() - start, 1)}
     out = args.json or args.workdir / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -302,9 +302,9 @@ def load_task(spec: TaskSpec, data_root=None) -> TaskData:
     return TaskData(spec, labels, train, dev, test, dev_source)
 
 
-def limit_rows(data: TaskData, max_train: int = 0, max_eval: int = 0, seed: int = 0) -> TaskData:
-    """A fixed-seed random subset (kept in file order) of at most ``max_train`` train rows and
-    ``max_eval`` dev and test rows each; 0 keeps a split whole."""
+def limit_rows(data: TaskData, max_train: int = 0, max_dev: int = 0, max_test: int = 0, seed: int = 0) -> TaskData:
+    """A fixed-seed random subset (kept in file order) of at most ``max_train`` / ``max_dev`` /
+    ``max_test`` rows of each split; 0 keeps a split whole."""
 
     def cut(examples: Examples, n: int, tag: int) -> Examples:
         if not n or len(examples) <= n:
@@ -312,8 +312,8 @@ def limit_rows(data: TaskData, max_train: int = 0, max_eval: int = 0, seed: int 
         keep = np.sort(np.random.default_rng([seed, tag]).choice(len(examples), size=n, replace=False))
         return examples.subset(keep)
 
-    return dataclasses.replace(data, train=cut(data.train, max_train, 0), dev=cut(data.dev, max_eval, 1),
-                               test=cut(data.test, max_eval, 2))
+    return dataclasses.replace(data, train=cut(data.train, max_train, 0), dev=cut(data.dev, max_dev, 1),
+                               test=cut(data.test, max_test, 2))
 
 
 # ------------------------------------------------------------------------------- the transfer guard

@@ -33,7 +33,7 @@ def config(task: fd.TaskSpec, **overrides) -> ft.FinetuneConfig:
 
 
 def small(name: str, train: int = 160, evaluation: int = 48) -> fd.TaskData:
-    return fd.limit_rows(fd.load_task(fd.BENCHMARK_TASKS[name], fd.BUNDLED_DATA_ROOT), train, evaluation)
+    return fd.limit_rows(fd.load_task(fd.BENCHMARK_TASKS[name], fd.BUNDLED_DATA_ROOT), train, evaluation, evaluation)
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -226,8 +226,9 @@ def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     report = finetune_bench.main([
         "--backbone", str(tmp_path / "backbone"), "--compare", "untrained:tiny", "--tokenizer", str(tokenizer_dir()),
         "--tasks", "sib200-en2de", "stsb-es", "--epochs", "1", "--data_root", str(fd.BUNDLED_DATA_ROOT),
-        "--max_train_rows", "64", "--max_eval_rows", "32", "--workdir", str(tmp_path / "bench"),
-        "--gin_bindings", "FinetuneConfig.batch_size = 16", "--gin_bindings", "FinetuneConfig.max_length = 64"])
+        "--max_train_rows", "64", "--max_dev_rows", "32", "--max_test_rows", "32", "--workdir", str(tmp_path / "bench"),
+        "--gin_bindings", "FinetuneConfig.batch_size = 16", "--gin_bindings", "FinetuneConfig.max_length = 64",
+        "--export"])
     out = capsys.readouterr().out
     labels = list(report["results"])
     assert labels == ["backbone", "untrained:tiny"]
@@ -240,3 +241,13 @@ def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     delta = saved["results"]["backbone"]["stsb-es"]["score"] - saved["results"]["untrained:tiny"]["stsb-es"]["score"]
     assert f"{delta:+7.1f}" in out.splitlines()[[i for i, l in enumerate(out.splitlines()) if l.startswith("stsb-es")][0]]
+
+    # --export wrote each probe in the reference layout; it reads back to the kept checkpoint's parameters
+    from bilingual.export.hf_classifier import import_classifier
+
+    export = tmp_path / "bench" / "backbone" / "sib200-en2de" / "export"
+    _, head, params, labels = import_classifier(export)
+    assert labels == list(fd.SIB200_LABELS) and head.pooling == "mean" and head.num_labels == 7
+    _, _, _, kept = ft.load_classifier(report["results"]["backbone"]["sib200-en2de"]["checkpoint"])
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(kept)):
+        np.testing.assert_allclose(got, want, atol=1e-6)

@@ -112,8 +112,8 @@ def test_held_out_dev_shares_no_first_text_with_train():
 
 def test_limit_rows_is_a_fixed_subset():
     data = fd.load_task(fd.BENCHMARK_TASKS["stsb-de"], BUNDLED)
-    a, b = fd.limit_rows(data, 50, 20), fd.limit_rows(data, 50, 20)
-    assert len(a.train) == 50 and len(a.dev) == len(a.test) == 20
+    a, b = fd.limit_rows(data, 50, 20, 30), fd.limit_rows(data, 50, 20, 30)
+    assert len(a.train) == 50 and len(a.dev) == 20 and len(a.test) == 30
     assert a.train.texts == b.train.texts and a.train.lines == sorted(a.train.lines)
 
 

@@ -38,7 +38,7 @@ from sklearn.metrics import f1_score
 
 from bilingual import checkpoints, sharding
 from bilingual.config import EncoderConfig
-from bilingual.heads import HeadConfig, loss_for_head, model_for_head
+from bilingual.heads import HeadConfig, HeadError, loss_for_head, merge_encoder_params, model_for_head
 from bilingual.optim import OptimizerConfig, make_optimizer
 from bilingual.training import sharded
 from bilingual.training.steps import TrainState
@@ -78,6 +78,7 @@ class FinetuneConfig:
 class FinetuneResult:
     task: str
     metric: str
+    head: HeadConfig  # as trained (num_labels from the task's labels)
     best_epoch: int
     dev: dict[str, float]  # dev metrics of the best epoch
     test: dict[str, float]  # test metrics with the best epoch's parameters
@@ -86,7 +87,8 @@ class FinetuneResult:
     workdir: Any
 
     def to_json(self) -> dict:
-        return {"task": self.task, "metric": self.metric, "best_epoch": self.best_epoch, "dev": self.dev,
+        return {"task": self.task, "metric": self.metric, "head": self.head.to_dict(),
+                "best_epoch": self.best_epoch, "dev": self.dev,
                 "test": self.test, "history": self.history}
 
 
@@ -141,20 +143,14 @@ def make_finetune_step(model: nn.Module, tx: optax.GradientTransformation, head:
 
 
 def merge_encoder(fresh: dict, encoder_params) -> dict:
-    """``fresh`` head-model params with ``bert`` replaced by ``encoder_params``: the pooler is kept fresh
-    when the encoder has none, and dropped when the head does not use it. Shapes must match."""
-    target = fresh["bert"]
-    given = dict(nn.meta.unbox(encoder_params))
-    if "pooler" in target and "pooler" not in given:
-        given["pooler"] = target["pooler"]
-    if "pooler" not in target:
-        given.pop("pooler", None)
-    expected = jax.tree.map(lambda x: tuple(np.shape(x)), target)
-    have = jax.tree.map(lambda x: tuple(np.shape(x)), given)
-    if expected != have:
-        raise ConfigurationError("initial encoder parameters do not fit the head model: "
-                                 f"{sharded._diff(expected, have)}")
-    return {**fresh, "bert": jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), given, target)}
+    """``fresh`` head-model params with ``bert`` replaced by ``encoder_params`` (``heads.merge_encoder_params``:
+    a pooler the encoder lacks stays fresh, one the head does not use is dropped), cast to the model's
+    parameter dtypes. Traceable, so the sharded ``init`` places the result straight into its shards."""
+    try:
+        merged = merge_encoder_params(fresh, encoder_params)
+    except HeadError as err:
+        raise ConfigurationError(f"initial encoder parameters do not fit the head model: {err}") from err
+    return {**merged, "bert": jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), merged["bert"], fresh["bert"])}
 
 
 class BestCheckpoint:
@@ -330,7 +326,7 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
     finally:
         best_ckpt.close()
     test = score_predictions(spec.head, predictions(best_params, splits["test"]), splits["test"].labels)
-    result = FinetuneResult(task=spec.name, metric=spec.metric, best_epoch=best_epoch,
+    result = FinetuneResult(task=spec.name, metric=spec.metric, head=head, best_epoch=best_epoch,
                             dev=next(h["dev"] for h in history if h["epoch"] == best_epoch), test=test, history=history, params=best_params,
                             workdir=workdir)
     if jax.process_index() == 0:
