@@ -2,7 +2,7 @@
 
     python -m launch.finetune_bench --backbone runs/demo/mlm/checkpoints --tokenizer runs/demo/tokenizer \\
         [--compare untrained:tiny] [--tasks sib200-de stsb-de ...] [--epochs 3] [--data_root /path/to/shared/data] \\
-        [--max_train_rows 1000] [--max_dev_rows 500] [--workdir runs/finetune_bench] [--json results.json] [--export]
+        [--max_train_rows 700] [--max_dev_rows 500] [--workdir runs/finetune_bench] [--json results.json] [--export]
 
 ``--backbone`` / ``--compare``: an orbax checkpoint of any stage (MLM, pairs, multitask), a Hugging Face
 export directory (its tokenizer is used), or ``untrained:<preset>`` (a fresh initialisation of that
@@ -152,7 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", help="task names (default: the whole suite)")
     parser.add_argument("--epochs", type=int, help="override FinetuneConfig.num_epochs")
     parser.add_argument("--data_root", help="default: ../shared/data when present, else data/finetune")
-    parser.add_argument("--max_train_rows", type=int, default=1000,
+    parser.add_argument("--max_train_rows", type=int, default=700,
                         help="fixed-seed subset of each train split (0: all); keeps the CPU suite short")
     parser.add_argument("--max_dev_rows", type=int, default=500,
                         help="fixed-seed subset of each dev split, scored after every epoch (0: all)")
