@@ -15,7 +15,8 @@ and SQAC-QNLI es pair classification (no train split: fit on 80% of dev, select 
 regression de/es/en (Spearman). Scores are x100. Data: ``--data_root``, else ``../shared/data`` next to
 the repository when present, else the bundled subsets in ``data/finetune``.
 
-Fine-tuned classifiers are throwaway probes: nothing here feeds embedding training.
+Fine-tuned classifiers are throwaway probes: nothing here feeds embedding training. Each probe lives in
+``<workdir>/<backbone>/<task>`` (best checkpoint, ``result.json``, the export) and is replaced on a rerun.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -92,6 +94,8 @@ def run_backbone(backbone: Backbone, tokenizer, specs, args, workdir: pathlib.Pa
         config = dataclasses.replace(config, **overrides)
         start = time.perf_counter()
         task_dir = workdir / _slug(backbone.label) / spec.name
+        if task_dir.exists():  # a probe from an earlier run of the bench: throwaway, replaced
+            shutil.rmtree(task_dir)
         result = finetune(config, task_dir, data, tokenizer,
                           report=(lambda line: print("  " + line, flush=True)) if args.verbose else (lambda line: None))
         seconds = time.perf_counter() - start
