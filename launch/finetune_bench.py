@@ -103,7 +103,8 @@ def run_backbone(backbone: Backbone, tokenizer, specs, args, workdir: pathlib.Pa
                               "metric": spec.metric, "score": 100 * result.test[spec.metric],
                               "best_epoch": result.best_epoch, "dev": result.dev, "test": result.test,
                               "rows": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
-                              "dev_source": data.dev_source, "note": spec.note, "seconds": round(seconds, 1),
+                              "dev_source": data.dev_source, "dropped_test_duplicates": data.dropped,
+                              "note": spec.note, "seconds": round(seconds, 1),
                               "history": result.history, "checkpoint": str(task_dir / "checkpoints")}
         print(f"[{backbone.label}] {spec.name}: test {spec.metric} {100 * result.test[spec.metric]:.1f} "
               f"(best dev epoch {result.best_epoch}, {seconds:.0f}s)", flush=True)

@@ -75,13 +75,25 @@ def test_bad_lines_are_named(tmp_path, lines, kind, message):
 
 def test_user_task_without_label_list_takes_the_train_labels(tmp_path):
     for split in ("train", "dev", "test"):
-        write(tmp_path / f"de-{split}.tsv", ["premise\thypothesis\tlabel", "a\tb\tneutral", "c\td\tentailment",
-                                             "e\tf\tcontradiction"])
+        write(tmp_path / f"de-{split}.tsv", ["premise\thypothesis\tlabel", f"a {split}\tb\tneutral",
+                                             f"c {split}\td\tentailment", f"e {split}\tf\tcontradiction"])
     task = spec(inputs="pair", labels=None, language="de", train="de-train.tsv", dev="de-dev.tsv",
                 test="de-test.tsv")
     data = fd.load_task(task, tmp_path)
     assert data.labels == ("contradiction", "entailment", "neutral")
     assert data.train.labels.tolist() == [2, 1, 0]
+
+
+def test_train_and_dev_rows_equal_to_a_test_row_are_dropped(tmp_path):
+    header = "sentence1\tsentence2\tscore"
+    write(tmp_path / "de-train.tsv", [header, "Ein Hund.\tA dog.\t4", "Eine Katze.\tA cat.\t3", "x\ty\t1"])
+    write(tmp_path / "de-dev.tsv", [header, "ein  HUND.\ta dog.\t2", "Ein Hund.\tA cat.\t2"])
+    write(tmp_path / "de-test.tsv", [header, "Ein Hund.\tA dog.\t4", "x\ty\t1"])
+    task = spec(head="regression", inputs="pair", labels=None, metric="spearman", language="de",
+                train="de-train.tsv", dev="de-dev.tsv", test="de-test.tsv")
+    data = fd.load_task(task, tmp_path)
+    assert data.dropped == {"train": 2, "dev": 1}
+    assert data.train.texts == ["Eine Katze."] and data.dev.pairs == ["A cat."] and len(data.test) == 2
 
 
 def test_task_spec_errors_name_the_field():
