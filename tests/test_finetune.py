@@ -87,19 +87,28 @@ def test_merge_encoder_keeps_a_fresh_pooler_and_checks_shapes():
         ft.merge_encoder(fresh, wrong)
 
 
-def test_init_from_a_checkpoint_uses_its_encoder(tmp_path):
-    """Zero epochs of learning (learning rate ~0): the fine-tuned encoder is the checkpoint's."""
+@pytest.mark.parametrize("kind", ["orbax", "hf_export"])
+def test_init_from_a_checkpoint_uses_its_encoder(tmp_path, kind):
+    """Learning rate ~0: the fine-tuned encoder is the one of the orbax checkpoint / HF export given."""
     from bilingual.modeling import JinaBert
 
     encoder = __import__("flax").linen.meta.unbox(
         JinaBert(MODEL).init(jax.random.key(7), np.zeros((1, 8), np.int32))["params"])
-    checkpoints.save_encoder(tmp_path / "backbone", 1, MODEL, encoder)
+    if kind == "orbax":
+        checkpoints.save_encoder(tmp_path / "backbone", 1, MODEL, encoder)
+    else:
+        from bilingual.export.hf_export import export_hf
+
+        export_hf(MODEL, jax.tree.map(np.asarray, encoder), tmp_path / "backbone", tokenizer_dir=tokenizer_dir())
     data = small("sib200-en", train=32, evaluation=16)
     tiny_lr = OptimizerConfig(learning_rate=1e-12, warmup_steps=0, total_steps=1)
     result = ft.finetune(config(data.spec, init_from=str(tmp_path / "backbone"), num_epochs=1, optimizer=tiny_lr),
                          tmp_path / "run", data, build_tokenizer().backend_tokenizer, report=lambda s: None)
-    got = result.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
-    np.testing.assert_allclose(np.asarray(got), encoder["embeddings"]["word_embeddings"]["embedding"], atol=1e-6)
+    for path in (("embeddings", "word_embeddings", "embedding"), ("encoder", "layer_0", "mlp", "wo", "kernel")):
+        got, want = result.params["bert"], encoder
+        for key in path:
+            got, want = got[key], want[key]
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ training
