@@ -7,6 +7,10 @@
 gin files are looked up relative to the current directory and to the repository's ``gin/`` folder.
 Running again with the same ``--workdir`` resumes from its latest checkpoint. On TPU VMs and under
 SLURM/MPI launchers multi-host start-up is automatic; elsewhere pass the three distributed flags.
+
+``TrainConfig.stage = 'finetune'`` (``gin/stages/finetune.gin``) fine-tunes a head on one labelled task
+instead (``bilingual.training.finetune``): epochs, dev after each, best dev checkpoint, its test score.
+A fine-tuning workdir is not resumed (runs are minutes long); use a new one.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def main(argv=None) -> None:
 
     gin.add_config_file_search_path(str(GIN_DIR))
     configurables.parse(args.gin_file, args.gin_bindings)
+    if configurables.stage() == "finetune":
+        return run_finetune(args.workdir)
     config, data, evaluation = configurables.build()
     batches = data_factory.make_batches(config, data)
     eval_hook = data_factory.make_eval_hook(evaluation, config.eval_every)
@@ -60,6 +66,28 @@ def main(argv=None) -> None:
         batches.close()
     if jax.process_index() == 0:
         print(f"done: step {int(result.state.step)}; checkpoints in {result.workdir / 'checkpoints'}")
+
+
+def run_finetune(workdir: str) -> None:
+    """The ``finetune`` stage: one task, epochs, best dev checkpoint, test of the best (see
+    ``bilingual.training.finetune``)."""
+    import gin
+    import jax
+
+    from bilingual import tokenizer as tokenizer_lib
+    from bilingual.training.finetune import finetune
+    from launch import configurables
+    from tasks import finetune_data
+
+    task = configurables.finetune_task_settings()
+    config = configurables.build_finetune(task["spec"])
+    data = finetune_data.load_task(task["spec"], task["data_root"])
+    operative = gin.config_str()
+    result = finetune(config, workdir, data, tokenizer_lib.load(task["tokenizer_dir"]))
+    if jax.process_index() == 0:
+        (result.workdir / "operative_config.gin").write_text(operative)
+        print(f"done: best dev epoch {result.best_epoch}; test {result.metric} {result.test[result.metric]:.4f}; "
+              f"checkpoint in {result.workdir / 'checkpoints'}")
 
 
 if __name__ == "__main__":

@@ -4,5 +4,6 @@
 and BEIR sources), ``preprocessors`` (tf.data tokenisation per task type), ``mlm`` (packing and whole-word
 masking), ``registry`` (registering tasks, gin entry points), ``mixtures`` (single-task-per-batch mixtures),
 ``batching`` (``make_batch_iterator``: the trainer's entry point), ``demo`` (the bundled demo tasks) and
-``build_demo_data`` (rebuilds ``data/demo/train``).
+``build_demo_data`` (rebuilds ``data/demo/train``). ``finetune_data`` (labelled probe tasks for the
+``finetune`` stage: plain numpy, no seqio) and ``build_finetune_data`` (rebuilds ``data/finetune``).
 """
