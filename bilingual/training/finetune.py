@@ -43,7 +43,7 @@ from bilingual.optim import OptimizerConfig, make_optimizer
 from bilingual.training import sharded
 from bilingual.training.steps import TrainState
 from bilingual.training.trainer import ARCHITECTURE_FIELDS, ConfigurationError, load_initial_encoder
-from tasks import finetune_data
+from bilingual.training import finetune_batches
 
 log = logging.getLogger("bilingual.finetune")
 
@@ -70,7 +70,7 @@ class FinetuneConfig:
     seed: int = 0
     init_from: Optional[str] = None
     dropout: bool = True
-    length_buckets: tuple[int, ...] = finetune_data.DEFAULT_BUCKETS  # padded lengths (capped at max_length)
+    length_buckets: tuple[int, ...] = finetune_batches.DEFAULT_BUCKETS  # padded lengths (capped at max_length)
     eval_at_start: bool = False  # also score dev before training (history epoch 0; never selected)
 
 
@@ -202,9 +202,12 @@ def _local_rows(batch: dict) -> dict:
     return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
 
 
-def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, tokenizer, *,
+def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
              report: Callable[[str], None] = print) -> FinetuneResult:
-    """Fine-tune on ``data.train``, select on ``data.dev``, score ``data.test`` (see the module doc)."""
+    """Fine-tune on ``data.train``, select on ``data.dev``, score ``data.test`` (see the module doc).
+
+    ``data``: a ``tasks.finetune_data.TaskData`` (``spec``, ``labels``, ``train``/``dev``/``test`` rows); the
+    library reads only those fields, so it does not import the data package."""
     spec = data.spec
     head = config.head
     if head.task != spec.head:
@@ -225,9 +228,9 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
         raise ConfigurationError(f"FinetuneConfig.max_length={config.max_length} exceeds the encoder's "
                                  f"max_length {config.model.max_length}")
 
-    splits = {name: finetune_data.tokenize(getattr(data, name), tokenizer, config.max_length)
+    splits = {name: finetune_batches.tokenize(getattr(data, name), tokenizer, config.max_length)
               for name in ("train", "dev", "test")}
-    steps_per_epoch = finetune_data.num_batches(len(splits["train"]), config.batch_size, drop_remainder=True)
+    steps_per_epoch = finetune_batches.num_batches(len(splits["train"]), config.batch_size, drop_remainder=True)
     if steps_per_epoch < 1:
         raise ConfigurationError(f"task {spec.name!r}: {len(splits['train'])} training rows are fewer than one "
                                  f"batch of {config.batch_size}")
@@ -267,7 +270,7 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
 
     def predictions(params, split) -> np.ndarray:
         out = np.zeros((len(split), head.num_labels), np.float32)
-        for batch in finetune_data.iterate_batches(split, eval_batch, buckets=config.length_buckets):
+        for batch in finetune_batches.iterate_batches(split, eval_batch, buckets=config.length_buckets):
             arrays = sharded.put_batch(mesh, _local_rows({k: batch[k] for k in BATCH_KEYS[:3]}))
             with sharding.sharding_context(mesh, sharding.LOGICAL_RULES):
                 logits = np.asarray(jax.device_get(predict(params, arrays)))
@@ -293,7 +296,7 @@ def finetune(config: FinetuneConfig, workdir, data: finetune_data.TaskData, toke
     try:
         for epoch in range(1, config.num_epochs + 1):
             start, losses = time.perf_counter(), []
-            for batch in finetune_data.iterate_batches(splits["train"], config.batch_size, shuffle=True,
+            for batch in finetune_batches.iterate_batches(splits["train"], config.batch_size, shuffle=True,
                                                        seed=config.seed, epoch=epoch, drop_remainder=True,
                                                        buckets=config.length_buckets):
                 arrays = {k: batch[k] for k in BATCH_KEYS}
