@@ -4,7 +4,9 @@
     python -m launch.export --checkpoint runs/de/checkpoints/20000 --tokenizer ... --out ... --dtype float16
     python -m launch.export --checkpoint runs/mlm/checkpoints --tokenizer ... --out ... --mlm_head
 
-``--checkpoint`` is an orbax checkpoint root (the latest step is taken) or one step directory.
+``--checkpoint`` is an orbax checkpoint root (the latest step is taken) or one step directory. A fine-tuned
+classifier (the ``finetune`` stage's checkpoint) exports as ``JinaBertForSequenceClassification`` (``bert.*`` +
+``classifier.*``, the pooler when it pools the CLS token) with its label names.
 ``--mlm_head`` needs a masked-LM checkpoint and adds the head (``AutoModelForMaskedLM``).
 ``--auto_map upstream`` points the config at the released models' code on the Hub instead of the code shipped
 in the directory: ``jinaai/jina-bert-implementation``, or ``jinaai/jina-bert-v2-qk-post-norm`` for the
@@ -24,7 +26,9 @@ from bilingual.checkpoints import CheckpointError, load_encoder, load_meta, reso
 from bilingual.export.checkpoint_io import load_model_tree  # noqa: E402
 from bilingual.export.hf_config import AUTO_MAP_KINDS, EXPORT_DTYPES  # noqa: E402
 from bilingual.export.hf_export import ExportError, export_hf  # noqa: E402
+from bilingual.export.hf_classifier import export_classifier  # noqa: E402
 from bilingual.export.hf_state import StateDictMismatch  # noqa: E402
+from bilingual.training.finetune import MODEL_KIND as CLASSIFIER_KIND, load_classifier  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +50,14 @@ def main(argv=None) -> int:
         root, step = resolve_step(args.checkpoint)
         meta = load_meta(root / str(step))
         mlm_params = None
+        if meta.get("model") == CLASSIFIER_KIND:
+            config, head, meta, params = load_classifier(root / str(step))
+            out = export_classifier(config, head, params, args.out, tokenizer_dir=args.tokenizer,
+                                    labels=meta.get("labels"), dtype=args.dtype, auto_map=args.auto_map,
+                                    model_name=args.name, overwrite=args.overwrite)
+            print(f"exported step {step} of {root} ({head.task} head, {head.num_labels} outputs, {head.pooling} "
+                  f"pooling) to {out}: AutoModelForSequenceClassification, auto_map={args.auto_map}")
+            return 0
         if args.mlm_head:
             if meta.get("model") != "masked_lm":
                 raise ExportError(f"--mlm_head needs a masked_lm checkpoint; {root / str(step)} holds a "

@@ -223,6 +223,17 @@ def test_launch_train_runs_the_finetune_stage(tmp_path, clean_gin, capsys):
     assert (tmp_path / "run" / "operative_config.gin").exists()
     assert json.loads((tmp_path / "run" / "result.json").read_text())["task"] == "sib200-de"
 
+    # the probe checkpoint exports through the same CLI as encoders, as a sequence classifier
+    from bilingual.export.hf_classifier import import_classifier
+    from launch import export
+
+    assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoints"), "--tokenizer", str(tokenizer_dir()),
+                        "--out", str(tmp_path / "export")]) == 0
+    _, head, params, labels = import_classifier(tmp_path / "export")
+    _, kept_head, meta, kept = ft.load_classifier(tmp_path / "run" / "checkpoints")
+    assert head == kept_head and labels == meta["labels"] and len(labels) == 7
+    jax.tree.map(np.testing.assert_array_equal, params, jax.tree.map(np.asarray, kept))
+
 
 def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     from bilingual.modeling import JinaBert
