@@ -88,7 +88,8 @@ def load_encoder(path, *, shardings=None) -> tuple[EncoderConfig, Any]:
     """Restore ``(config, encoder_params)`` from a checkpoint root or step directory.
 
     Parameters come back as numpy arrays unless ``shardings`` (a tree of ``jax.sharding.Sharding`` for
-    the *stored* model tree) is given. For a masked-LM checkpoint only the ``bert`` subtree is returned.
+    the *stored* model tree) is given. For a masked-LM checkpoint or a fine-tuned head (``finetune`` stage)
+    only the encoder (``bert`` subtree) is returned, so either can start another stage or embed texts.
     """
     root, step = resolve_step(path)
     meta = load_meta(root / str(step))
@@ -104,6 +105,8 @@ def load_encoder(path, *, shardings=None) -> tuple[EncoderConfig, Any]:
         except Exception as err:
             raise CheckpointError(f"cannot restore parameters of checkpoint {root / str(step)}: {err}") from err
     params = restored.model
-    if meta["model"] == "masked_lm":
+    if meta["model"] != "encoder":  # masked-LM or a fine-tuned head: the encoder is the "bert" subtree
         params = params["bert"]
+        if not config.add_pooler:  # a CLS classification head adds the BERT pooler; the encoder has none
+            params = {k: v for k, v in params.items() if k != "pooler"}
     return config, params

@@ -168,6 +168,11 @@ def test_best_epoch_is_selected_and_its_checkpoint_kept(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got, want)
     stored = json.loads((tmp_path / "result.json").read_text())
     assert stored["best_epoch"] == 2 and len(stored["history"]) == 3
+    # the probe's encoder loads like any stage's, without the head or the CLS pooler
+    _, encoder = checkpoints.load_encoder(tmp_path / "checkpoints")
+    expected = {k: v for k, v in params["bert"].items() if k != "pooler"}
+    assert sorted(encoder) == sorted(expected)
+    jax.tree.map(np.testing.assert_array_equal, encoder, expected)
 
 
 def test_configuration_errors_are_early(tmp_path):
@@ -233,6 +238,10 @@ def test_launch_train_runs_the_finetune_stage(tmp_path, clean_gin, capsys):
     _, kept_head, meta, kept = ft.load_classifier(tmp_path / "run" / "checkpoints")
     assert head == kept_head and labels == meta["labels"] and len(labels) == 7
     jax.tree.map(np.testing.assert_array_equal, params, jax.tree.map(np.asarray, kept))
+    # the probe's encoder loads like any stage's: no classifier, and no pooler (the CLS head added it)
+    assert head.pooling == "cls" and "pooler" in kept["bert"]
+    _, encoder = checkpoints.load_encoder(tmp_path / "run" / "checkpoints")
+    assert sorted(encoder) == sorted(k for k in kept["bert"] if k != "pooler")
 
 
 def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
