@@ -1,7 +1,8 @@
 """Backbone probe suite: fine-tune a backbone on small GLUE/XTREME-style tasks and print one table.
 
     python -m launch.finetune_bench --backbone runs/demo/mlm/checkpoints --tokenizer runs/demo/tokenizer \\
-        [--compare untrained:tiny] [--tasks sib200-de stsb-de ...] [--epochs 3] [--data_root /path/to/shared/data] \\
+        [--compare untrained:tiny] [--tasks sib200-de stsb-de ...] [--epochs 3] [--learning_rates 1e-4,3e-4,1e-3] \\
+        [--data_root /path/to/shared/data] \\
         [--max_train_rows 700] [--max_dev_rows 500] [--workdir runs/finetune_bench] [--json results.json] [--export]
 
 ``--backbone`` / ``--compare``: an orbax checkpoint of any stage (MLM, pairs, multitask), a Hugging Face
@@ -9,7 +10,9 @@ export directory (its tokenizer is used), or ``untrained:<preset>`` (a fresh ini
 encoder preset: the baseline that shows what pre-training bought). Every task is a full fine-tuning run of
 the ``finetune`` stage (``gin/stages/finetune.gin`` plus ``gin/runs/finetune_bench_tiny.gin`` or
 ``--gin_file``): AdamW with warmup and linear decay, dev after every epoch, the best dev epoch's
-checkpoint scored on test. Tasks (``tasks.finetune_data.BENCHMARK_TASKS``): SIB-200 topic classification
+checkpoint scored on test; with ``--learning_rates`` once per rate, the run with the best dev metric scored
+(one fixed rate favours one backbone: a rate high enough for a random model to learn from scratch
+overwrites what a pre-trained one knows). Tasks (``tasks.finetune_data.BENCHMARK_TASKS``): SIB-200 topic classification
 en/de/es in-language and zero-shot en->de, en->es (train and dev English, checked on the data); PAWS-X de
 and SQAC-QNLI es pair classification (no train split: fit on 80% of dev, select on the other 20%); STSb
 regression de/es/en (Spearman). Scores are x100. Data: ``--data_root``, else ``../shared/data`` next to
@@ -96,20 +99,35 @@ def run_backbone(backbone: Backbone, tokenizer, specs, args, workdir: pathlib.Pa
         task_dir = workdir / _slug(backbone.label) / spec.name
         if task_dir.exists():  # a probe from an earlier run of the bench: throwaway, replaced
             shutil.rmtree(task_dir)
-        result = finetune(config, task_dir, data, tokenizer,
-                          report=(lambda line: print("  " + line, flush=True)) if args.verbose else (lambda line: None))
+        # one run per learning rate; the run with the best dev metric is the one scored (ties: the first)
+        rates = args.learning_rates or [config.optimizer.learning_rate]
+        sweep, best = {}, None
+        for rate in rates:
+            run_config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                                 learning_rate=rate))
+            run_dir = task_dir if len(rates) == 1 else task_dir / f"lr_{rate:g}"
+            result = finetune(run_config, run_dir, data, tokenizer,
+                              report=(lambda line: print("  " + line, flush=True)) if args.verbose
+                              else (lambda line: None))
+            sweep[f"{rate:g}"] = {"dev": 100 * result.dev[spec.metric], "test": 100 * result.test[spec.metric],
+                                  "best_epoch": result.best_epoch}
+            if best is None or result.dev[spec.metric] > best[1].dev[spec.metric]:
+                best = (rate, result, run_config, run_dir)
+        rate, result, config, run_dir = best
         seconds = time.perf_counter() - start
         results[spec.name] = {"language": spec.language, "train_language": spec.source_language,
                               "metric": spec.metric, "score": 100 * result.test[spec.metric],
+                              "learning_rate": rate, "sweep": sweep,
                               "best_epoch": result.best_epoch, "dev": result.dev, "test": result.test,
                               "rows": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
                               "dev_source": data.dev_source, "dropped_test_duplicates": data.dropped,
                               "note": spec.note, "seconds": round(seconds, 1),
-                              "history": result.history, "checkpoint": str(task_dir / "checkpoints")}
+                              "history": result.history, "checkpoint": str(run_dir / "checkpoints")}
+        chosen = f", learning rate {rate:g} of {len(rates)} by dev" if len(rates) > 1 else ""
         print(f"[{backbone.label}] {spec.name}: test {spec.metric} {100 * result.test[spec.metric]:.1f} "
-              f"(best dev epoch {result.best_epoch}, {seconds:.0f}s)", flush=True)
+              f"(best dev epoch {result.best_epoch}{chosen}, {seconds:.0f}s)", flush=True)
         if args.export:
-            _export(result, config, data, backbone, task_dir / "export")
+            _export(result, config, data, backbone, run_dir / "export")
     return results
 
 
@@ -149,6 +167,16 @@ def format_table(specs, results: dict[str, dict], labels: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates such as 1e-4,3e-4, got {text!r}")
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"learning rates must be positive, got {text!r}")
+    return rates
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", required=True, help="checkpoint, HF export directory, or untrained:<preset>")
@@ -156,6 +184,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the HF export's own)")
     parser.add_argument("--tasks", nargs="+", help="task names (default: the whole suite)")
     parser.add_argument("--epochs", type=int, help="override FinetuneConfig.num_epochs")
+    parser.add_argument("--learning_rates", type=_rates, metavar="LR,LR,...",
+                        help="fine-tune each task once per learning rate and keep the run with the best dev "
+                             "metric (as GLUE/XTREME baselines do); default: the gin OptimizerConfig's one")
     parser.add_argument("--data_root", help="default: ../shared/data when present, else data/finetune")
     parser.add_argument("--max_train_rows", type=int, default=700,
                         help="fixed-seed subset of each train split (0: all); keeps the CPU suite short")
@@ -217,12 +248,14 @@ def main(argv=None) -> dict:
     results = {b.label: run_backbone(b, tokenizer, specs, args, args.workdir) for b in backbones}
     labels = [b.label for b in backbones]
     table = format_table(specs, results, labels)
-    print("\nTest scores x100 of the best dev epoch (accuracy; STSb: Spearman). PAWS-X/SQAC-QNLI: trained on "
+    selection = (f"of the best dev epoch and learning rate ({', '.join(f'{r:g}' for r in args.learning_rates)})"
+                 if args.learning_rates else "of the best dev epoch")
+    print(f"\nTest scores x100 {selection} (accuracy; STSb: Spearman). PAWS-X/SQAC-QNLI: trained on "
           "80% of dev, selected on 20%.\n" + table)
     report = {"backbones": {b.label: {"spec": (args.backbone, args.compare)[i], "init_from": b.init_from}
                             for i, b in enumerate(backbones)},
               "tokenizer": tokenizer_dir, "data_root": args.data_root, "max_train_rows": args.max_train_rows,
-              "max_dev_rows": args.max_dev_rows,
+              "max_dev_rows": args.max_dev_rows, "learning_rates": args.learning_rates,
               "max_test_rows": args.max_test_rows, "gin": gin.config_str(), "results": results,
               "table": table, "seconds": round(time.perf_counter() - start, 1)}
     out = args.json or args.workdir / "results.json"

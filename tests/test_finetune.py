@@ -280,3 +280,23 @@ def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     _, _, _, kept = ft.load_classifier(report["results"]["backbone"]["sib200-en2de"]["checkpoint"])
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(kept)):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_bench_learning_rate_sweep_keeps_the_best_dev_run(tmp_path, clean_gin, capsys):
+    from launch import finetune_bench
+
+    report = finetune_bench.main([
+        "--backbone", "untrained:tiny", "--tokenizer", str(tokenizer_dir()), "--tasks", "stsb-es", "--epochs", "1",
+        "--learning_rates", "1e-5,1e-3", "--data_root", str(fd.BUNDLED_DATA_ROOT), "--max_train_rows", "64",
+        "--max_dev_rows", "32", "--max_test_rows", "32", "--workdir", str(tmp_path / "bench"),
+        "--gin_bindings", "FinetuneConfig.batch_size = 16", "--gin_bindings", "FinetuneConfig.max_length = 64",
+        "--gin_bindings", "encoder.num_layers = 1"])
+    row = report["results"]["untrained:tiny"]["stsb-es"]
+    sweep = row["sweep"]
+    assert sorted(sweep) == ["0.001", "1e-05"]
+    best = max(sweep, key=lambda r: sweep[r]["dev"])
+    assert row["learning_rate"] == float(best) and row["score"] == sweep[best]["test"]
+    assert row["checkpoint"].endswith(f"lr_{best}/checkpoints") and pathlib.Path(row["checkpoint"]).is_dir()
+    assert "best dev epoch and learning rate (1e-05, 0.001)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        finetune_bench.parse_args(["--backbone", "untrained:tiny", "--learning_rates", "fast"])
