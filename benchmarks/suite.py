@@ -9,8 +9,9 @@ Rows (each measured in a fresh subprocess, so peak memory is that measurement's 
 
 * inference: the JAX encoder (`bilingual.Encoder`) versus the same random `base-de` weights exported to a
   Hugging Face directory and run by sentence-transformers in PyTorch (the export's own modeling code):
-  tokens/s at a batch of 32 x 128 tokens (median of warm calls), and time and peak memory for one
-  8192-token document (peak RSS on CPU, peak allocated device memory on GPU);
+  tokens/s at a batch of 32 x 128 tokens (median of warm calls; the two sides alternate twice and each keeps
+  its better run, so a neighbour's burst on a shared machine does not decide the ratio), and time and peak
+  memory for one 8192-token document (peak RSS on CPU, peak allocated device memory on GPU);
 * train steps: the MLM step (512 tokens, 30% predicted) and the pair step (bi-directional InfoNCE, 128 tokens
   a side): tokens/s and MFU against the matmul peak measured in the same run (and the vendor peak on GPU);
 * GradCache: the compiled pair step's memory at 256 and at 4096 pairs (same chunk size), and the plain step
@@ -148,12 +149,18 @@ def run_inference(p: Profile, log) -> dict:
                         "--sentences", "600", "--rows", str(p.infer_rows), "--length", str(p.infer_length)],
                        check=True, capture_output=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
         out = {}
-        for kind in ("jax", "torch"):
-            for which in ("batch", "long"):
-                start = time.perf_counter()
-                out[f"{kind}_{which}"] = _run_child([script, "--child", kind, "--which", which, "--workdir", tmp,
-                                                     *common])
-                log(f"  inference {kind} {which}: {time.perf_counter() - start:.0f} s")
+        # The batch measurement is short, so a neighbour's job can land on one side only: alternate the two
+        # sides twice and keep each one's better run. The long document runs once per side.
+        plan = [("jax", "batch"), ("torch", "batch"), ("jax", "batch"), ("torch", "batch"),
+                ("jax", "long"), ("torch", "long")]
+        for kind, which in plan:
+            start = time.perf_counter()
+            result = _run_child([script, "--child", kind, "--which", which, "--workdir", tmp, *common])
+            key = f"{kind}_{which}"
+            if key not in out or result["tokens_per_s"] > out[key]["tokens_per_s"]:
+                out[key] = result
+            log(f"  inference {kind} {which}: {time.perf_counter() - start:.0f} s "
+                f"({result['tokens_per_s']:.0f} tokens/s)")
     return out
 
 
