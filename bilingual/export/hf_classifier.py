@@ -28,7 +28,6 @@ Host-side (numpy), no torch.
 from __future__ import annotations
 
 import pathlib
-import shutil
 from typing import Optional, Sequence
 
 import flax
@@ -36,13 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import save_file
 
 from bilingual import hf_layout
 from bilingual.config import ConfigError, EncoderConfig
 from bilingual.export import hf_config, hf_state
-from bilingual.export.hf_export import (CODE_FILES, HF_CODE_DIR, _NUMPY_DTYPES, ExportError, _prepare_output,
-                                        _tokenizer_files, _write_json)
+from bilingual.export.hf_export import ExportError, write_model_dir
 from bilingual.export.hf_import import (_IGNORED_SUFFIXES, HFImportError, _layout_from_names, read_tensors)
 from bilingual.heads import HeadConfig, encoder_config_for_head, model_for_head
 
@@ -186,26 +183,10 @@ def export_classifier(config: EncoderConfig, head: HeadConfig, params, out_dir, 
     hf_state.check_names_and_shapes(tensors, head_reference_shapes(config, head), "export_classifier parameters")
 
     out_dir = pathlib.Path(out_dir).absolute()
-    tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), config.vocab_size)
-    staging = _prepare_output(out_dir, overwrite)
-    try:
-        target = _NUMPY_DTYPES[dtype]
-        stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
-                  for name, value in sorted(tensors.items())}
-        save_file(stored, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(staging / "config.json", values)
-        if auto_map == "local":
-            for name in CODE_FILES:
-                shutil.copy2(HF_CODE_DIR / name, staging / name)
-        for path in tokenizer_files:
-            shutil.copy2(path, staging / path.name)
-        (staging / "README.md").write_text(_model_card(config, head, names, model_name or out_dir.name, dtype))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    card = _model_card(config, head, names, model_name or out_dir.name, dtype)
+    write_model_dir(out_dir, overwrite=overwrite, tensors=tensors, dtype=dtype, config_values=values,
+                    auto_map=auto_map, tokenizer_dir=tokenizer_dir, vocab_size=config.vocab_size,
+                    extra=lambda staging: (staging / "README.md").write_text(card))
     return out_dir
 
 

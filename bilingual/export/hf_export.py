@@ -85,6 +85,34 @@ def _prepare_output(out_dir: pathlib.Path, overwrite: bool) -> pathlib.Path:
     return staging
 
 
+def write_model_dir(out_dir: pathlib.Path, *, overwrite: bool, tensors: dict, dtype: str, config_values: dict,
+                    auto_map: str, tokenizer_dir, vocab_size: int, extra=None) -> None:
+    """Write ``model.safetensors`` (``tensors`` cast to ``dtype``), ``config.json``, the shipped code
+    (``auto_map="local"``) and the tokenizer files into a staging directory, call ``extra(staging)`` for
+    the caller's own files, then move it to ``out_dir`` in one rename; nothing is left behind on error."""
+    tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), vocab_size)
+    staging = _prepare_output(out_dir, overwrite)
+    try:
+        target = _NUMPY_DTYPES[dtype]
+        stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
+                  for name, value in sorted(tensors.items())}
+        save_file(stored, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(staging / "config.json", config_values)
+        if auto_map == "local":
+            for name in CODE_FILES:
+                shutil.copy2(HF_CODE_DIR / name, staging / name)
+        for path in tokenizer_files:
+            shutil.copy2(path, staging / path.name)
+        if extra is not None:
+            extra(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _write_json(path: pathlib.Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
@@ -194,26 +222,12 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
     hf_state.check_names_and_shapes(tensors, expected, "export_hf parameters")
 
     out_dir = pathlib.Path(out_dir).absolute()
-    tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), config.vocab_size)
-    staging = _prepare_output(out_dir, overwrite)
-    try:
-        target = _NUMPY_DTYPES[dtype]
-        stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
-                  for name, value in sorted(tensors.items())}
-        save_file(stored, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(staging / "config.json", hf_values)
-        if auto_map == "local":
-            for name in CODE_FILES:
-                shutil.copy2(HF_CODE_DIR / name, staging / name)
-        for path in tokenizer_files:
-            shutil.copy2(path, staging / path.name)
+
+    def extra(staging: pathlib.Path) -> None:
         write_sentence_transformers_files(staging, config)
         (staging / "README.md").write_text(_model_card(config, masked_lm=masked_lm, dtype=dtype,
                                                        auto_map_kind=auto_map, name=model_name or out_dir.name))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_model_dir(out_dir, overwrite=overwrite, tensors=tensors, dtype=dtype, config_values=hf_values,
+                    auto_map=auto_map, tokenizer_dir=tokenizer_dir, vocab_size=config.vocab_size, extra=extra)
     return out_dir

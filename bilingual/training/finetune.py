@@ -42,7 +42,7 @@ from bilingual.heads import HeadConfig, HeadError, loss_for_head, merge_encoder_
 from bilingual.optim import OptimizerConfig, make_optimizer
 from bilingual.training import sharded
 from bilingual.training.steps import TrainState
-from bilingual.training.trainer import ARCHITECTURE_FIELDS, ConfigurationError, load_initial_encoder
+from bilingual.training.trainer import ConfigurationError, load_matching_encoder
 from bilingual.training import finetune_batches
 
 log = logging.getLogger("bilingual.finetune")
@@ -244,12 +244,7 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
 
     encoder_params = None
     if config.init_from:
-        init_config, encoder_params = load_initial_encoder(config.init_from)
-        different = {f: (getattr(init_config, f), getattr(config.model, f)) for f in ARCHITECTURE_FIELDS
-                     if getattr(init_config, f) != getattr(config.model, f)}
-        if different:
-            raise ConfigurationError(f"FinetuneConfig.init_from={config.init_from!r} holds a different "
-                                     f"architecture (checkpoint vs run): {different}")
+        encoder_params = load_matching_encoder(config.init_from, config.model, "FinetuneConfig.init_from")
 
     def init(key):
         params = nn.meta.unbox(model.init(key, example_ids)["params"])

@@ -104,6 +104,17 @@ def load_initial_encoder(path: str) -> tuple[EncoderConfig, Any]:
     return checkpoints.load_encoder(path_obj)
 
 
+def load_matching_encoder(path: str, model: EncoderConfig, key: str) -> Any:
+    """Encoder parameters at ``path`` (``load_initial_encoder``), after checking they have the architecture
+    of ``model``; ``key`` names the config field in the error."""
+    init_config, encoder_params = load_initial_encoder(path)
+    different = {f: (getattr(init_config, f), getattr(model, f)) for f in ARCHITECTURE_FIELDS
+                 if getattr(init_config, f) != getattr(model, f)}
+    if different:
+        raise ConfigurationError(f"{key}={path!r} holds a different architecture (checkpoint vs run): {different}")
+    return encoder_params
+
+
 @dataclasses.dataclass
 class TrainResult:
     state: steps.TrainState
@@ -145,12 +156,7 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *,
     else:
         encoder_params = None
         if config.init_from:
-            init_config, encoder_params = load_initial_encoder(config.init_from)
-            different = {f: (getattr(init_config, f), getattr(config.model, f)) for f in ARCHITECTURE_FIELDS
-                         if getattr(init_config, f) != getattr(config.model, f)}
-            if different:
-                raise ConfigurationError(f"TrainConfig.init_from={config.init_from!r} holds a different "
-                                         f"architecture (checkpoint vs run): {different}")
+            encoder_params = load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
         state, _ = sharded.init_state(model, tx, mesh, jax.random.key(config.seed), example_ids, encoder_params)
 
     groups = sharding.batch_divisor(mesh)
