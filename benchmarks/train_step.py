@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from bilingual import flops, get_config, sharding  # noqa: E402
 from bilingual.optim import OptimizerConfig, make_optimizer  # noqa: E402
-from bilingual.training import sharded, steps  # noqa: E402
+from bilingual.training import objectives, sharded, steps  # noqa: E402
 
 MLM_LENGTH = 512
 PAIR_LENGTH = 128
@@ -56,13 +56,12 @@ def pair_batch(batch, length, vocab, rng):
 
 
 def setup(stage, config, step_config, mesh):
-    model = steps.model_for_stage(stage, config)
+    objective = objectives.for_stage(stage, config, step_config)
     tx = make_optimizer(OptimizerConfig(warmup_steps=1, total_steps=1000))
     example = jnp.zeros((1, 8), jnp.int32)
-    shardings = sharded.state_shardings(model, tx, mesh, example)
-    fn = (steps.make_mlm_step(model, tx, step_config) if stage == "mlm"
-          else steps.make_contrastive_step(model, tx, "pairs", step_config, groups=sharding.batch_divisor(mesh)))
-    return model, tx, example, shardings, fn
+    shardings = sharded.state_shardings(objective.model, tx, mesh, example)
+    fn = objective.make_step(objective.task_types[0], tx, sharding.batch_divisor(mesh))
+    return objective.model, tx, example, shardings, fn
 
 
 def time_step(stage, config, step_config, batch, mesh, repeats):

@@ -16,6 +16,10 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # "post_ln": the jina-bert-implementation layer (base-de, the English models).
 # "qk_post_norm": the published jina-bert-v2-qk-post-norm layer (base-es).
 LAYER_LAYOUTS = ("post_ln", "qk_post_norm")
+# The fields that define the parameter tree: two configs that agree on these load each other's parameters.
+# Dropout, dtype, attention implementation and length policy may change between stages.
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "feed_forward_type", "type_vocab_size", "qk_layernorm", "layer_layout")
 
 
 class ConfigError(ValueError):
@@ -124,6 +128,11 @@ class EncoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def architecture_differences(self, other: "EncoderConfig") -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's value, other's value)}`` for each of ``ARCHITECTURE_FIELDS`` that differs."""
+        return {f: (getattr(self, f), getattr(other, f)) for f in ARCHITECTURE_FIELDS
+                if getattr(self, f) != getattr(other, f)}
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -137,23 +137,16 @@ class Encoder:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_checkpoint(cls, path, tokenizer=None, **kwargs) -> "Encoder":
-        """Load an orbax checkpoint (root or step directory) or a Hugging Face export directory.
+        """Load an orbax checkpoint (root or step directory, any stage) or a Hugging Face export directory.
 
         The tokenizer is ``tokenizer`` if given; else the export directory itself (Hugging Face); else the
-        checkpoint meta's ``"tokenizer_dir"``; else a ``tokenizer/`` folder in or beside ``path``.
+        one recorded with the checkpoint (``artifacts.find_tokenizer``).
         """
-        path = pathlib.Path(path)
-        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-            from bilingual.export.hf_import import import_hf  # the export module owns the HF layout
+        from bilingual import artifacts
 
-            config, params, _extras = import_hf(path)
-            return cls(config, params, tokenizer if tokenizer is not None else path, name=str(path), **kwargs)
-        from bilingual import checkpoints
-
-        config, params = checkpoints.load_encoder(path)
+        config, params = artifacts.load_encoder(path)
         if tokenizer is None:
-            root, _step = checkpoints.resolve_step(path)
-            tokenizer = _find_tokenizer(path, root, checkpoints.load_meta(path))
+            tokenizer = path if artifacts.is_hf_directory(path) else artifacts.find_tokenizer(path)
         return cls(config, params, tokenizer, name=str(path), **kwargs)
 
     # ------------------------------------------------------------------ encoding
@@ -236,19 +229,3 @@ class Encoder:
 
         return MtebEncoder(encoder=self, **meta)
 
-
-def _find_tokenizer(path: pathlib.Path, root: pathlib.Path, meta: dict) -> pathlib.Path:
-    """``meta["tokenizer_dir"]`` (relative paths are relative to the checkpoint root), else a
-    ``tokenizer/`` folder in ``path``, in the checkpoint root, or beside the root."""
-    candidates = []
-    if meta.get("tokenizer_dir"):
-        recorded = pathlib.Path(meta["tokenizer_dir"])
-        candidates.append(recorded if recorded.is_absolute() else root / recorded)
-    candidates += list(dict.fromkeys([path / "tokenizer", root / "tokenizer", root.parent / "tokenizer"]))
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no tokenizer for checkpoint {path}: pass tokenizer=..., record 'tokenizer_dir' in the checkpoint meta "
-        f"(save_encoder(..., extra_meta={{'tokenizer_dir': ...}})), or put it in {path / 'tokenizer'}; "
-        f"looked in: {', '.join(map(str, candidates))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import optax
@@ -15,13 +16,13 @@ DECAY_SCHEDULES = ("linear", "cosine", "constant")
 class OptimizerConfig:
     """Optimiser hyper-parameters (RoBERTa-style defaults; ours, TRAINING.md leaves them open).
 
-    ``total_steps`` is the length of the schedule (warmup included); ``end_lr_ratio`` the final fraction
-    of the peak learning rate.
+    ``total_steps`` is the length of the schedule (warmup included; None: the run's ``num_steps``, filled
+    in by ``TrainConfig.resolved``); ``end_lr_ratio`` the final fraction of the peak learning rate.
     """
 
     learning_rate: float = 1e-4
     warmup_steps: int = 1000
-    total_steps: int = 100_000
+    total_steps: Optional[int] = None
     decay: str = "linear"
     end_lr_ratio: float = 0.0
     weight_decay: float = 0.01
@@ -33,7 +34,8 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.decay not in DECAY_SCHEDULES:
             raise ValueError(f"OptimizerConfig.decay must be one of {DECAY_SCHEDULES}, got {self.decay!r}")
-        if self.total_steps < 1 or self.warmup_steps < 0 or self.warmup_steps > self.total_steps:
+        if self.warmup_steps < 0 or (self.total_steps is not None and
+                                     (self.total_steps < 1 or self.warmup_steps > self.total_steps)):
             raise ValueError(f"OptimizerConfig: need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
                              f"({self.total_steps}) and total_steps >= 1")
         if self.learning_rate <= 0:
@@ -42,6 +44,8 @@ class OptimizerConfig:
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then ``decay`` to ``end_lr_ratio * peak`` at ``total_steps``."""
+    if config.total_steps is None:
+        raise ValueError("OptimizerConfig.total_steps is unset: resolve it first (TrainConfig.resolved)")
     peak, end = config.learning_rate, config.learning_rate * config.end_lr_ratio
     decay_steps = max(config.total_steps - config.warmup_steps, 1)
     if config.decay == "linear":

@@ -10,6 +10,7 @@ Names usable in gin files:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Optional
 
@@ -65,10 +66,7 @@ def finetune_task_settings(name: Optional[str] = None, spec: Optional[finetune_d
 
 def stage() -> str:
     """``TrainConfig.stage`` as bound in the parsed gin files ('' when unbound)."""
-    try:
-        return gin.query_parameter("TrainConfig.stage")
-    except ValueError:
-        return ""
+    return _bound("TrainConfig.stage") or ""
 
 
 def build_finetune(spec: finetune_data.TaskSpec, **overrides) -> finetune.FinetuneConfig:
@@ -99,5 +97,25 @@ def parse(gin_files, gin_bindings) -> None:
 
 
 def build() -> tuple[trainer.TrainConfig, dict, dict]:
-    """Instantiate the configured objects (after ``parse``)."""
-    return TrainConfig(), data_settings(), evaluation_settings()
+    """Instantiate the configured objects (after ``parse``), with the vocabulary size derived from the
+    tokenizer (``TrainConfig.tokenizer``) unless ``encoder.vocab_size`` is bound, which must then agree."""
+    config = TrainConfig()
+    if config.tokenizer is not None:
+        from bilingual import tokenizer as tokenizer_lib
+        from bilingual.config import ConfigError
+
+        size = tokenizer_lib.load(config.tokenizer).get_vocab_size()
+        bound = _bound("encoder.vocab_size")
+        if bound is not None and bound != size:
+            raise ConfigError(f"encoder.vocab_size={bound} but TrainConfig.tokenizer={config.tokenizer!r} has "
+                              f"{size} tokens; leave encoder.vocab_size unset (it comes from the tokenizer)")
+        config = dataclasses.replace(config, model=config.model.replace(vocab_size=size))
+    return config, data_settings(), evaluation_settings()
+
+
+def _bound(name: str):
+    """The value bound to ``name`` in the parsed gin files, or None."""
+    try:
+        return gin.query_parameter(name)
+    except ValueError:
+        return None

@@ -25,11 +25,11 @@ def make_batches(config, data: dict):
         shard_index=jax.process_index(), num_shards=jax.process_count(), **data["options"])
 
 
-def make_eval_hook(evaluation: dict, every_n_steps: int):
-    """The trainer's evaluation hook for ``evaluation["suite"]``, or None when no suite is configured."""
+def make_eval_hooks(evaluation: dict, every_n_steps: int) -> list:
+    """The trainer's evaluation hooks: one for ``evaluation["suite"]``, none when no suite is configured."""
     if not evaluation.get("suite") or every_n_steps < 1:
-        return None
-    from bilingual.evaluation.hook import make_eval_hook as make_hook
+        return []
+    from bilingual.evaluation.hook import make_eval_hook
 
-    return make_hook(evaluation["suite"], evaluation.get("data_root"), evaluation["tokenizer_dir"],
-                     every_n_steps=every_n_steps, limit=evaluation.get("limit"))
+    return [make_eval_hook(evaluation["suite"], evaluation.get("data_root"), evaluation["tokenizer_dir"],
+                     every_n_steps=every_n_steps, limit=evaluation.get("limit"))]

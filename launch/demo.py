@@ -118,7 +118,7 @@ def export_and_compare(checkpoint, tokenizer: pathlib.Path, out: pathlib.Path) -
     from sentence_transformers import SentenceTransformer
 
     from bilingual import Encoder
-    from bilingual.checkpoints import load_encoder
+    from bilingual.artifacts import load_encoder
     from bilingual.export.hf_export import export_hf
 
     config, params = load_encoder(checkpoint)

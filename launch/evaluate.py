@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (or use --compare A.json B.json)")
-    from bilingual.checkpoints import CheckpointError
+    from bilingual.artifacts import CheckpointError
     from bilingual.evaluation.data_files import EvalDataError
     from bilingual.evaluation.suites import SuiteError
 

@@ -22,13 +22,12 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bilingual.checkpoints import CheckpointError, load_encoder, load_meta, resolve_step  # noqa: E402
-from bilingual.export.checkpoint_io import load_model_tree  # noqa: E402
+from bilingual.artifacts import (CheckpointError, load_classifier, load_encoder, load_meta, load_model_tree,  # noqa: E402
+                                 resolve_step)
 from bilingual.export.hf_config import AUTO_MAP_KINDS, EXPORT_DTYPES  # noqa: E402
 from bilingual.export.hf_export import ExportError, export_hf  # noqa: E402
 from bilingual.export.hf_classifier import export_classifier  # noqa: E402
 from bilingual.export.hf_state import StateDictMismatch  # noqa: E402
-from bilingual.training.finetune import MODEL_KIND as CLASSIFIER_KIND, load_classifier  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
         root, step = resolve_step(args.checkpoint)
         meta = load_meta(root / str(step))
         mlm_params = None
-        if meta.get("model") == CLASSIFIER_KIND:
+        if meta.get("model") == "sequence_classification":
             config, head, meta, params = load_classifier(root / str(step))
             out = export_classifier(config, head, params, args.out, tokenizer_dir=args.tokenizer,
                                     labels=meta.get("labels"), dtype=args.dtype, auto_map=args.auto_map,

@@ -52,7 +52,7 @@ class Backbone:
 
 def resolve_backbone(spec: str, tokenizer_dir: str | None) -> Backbone:
     """``untrained:<preset>``, an HF export directory (config.json) or an orbax checkpoint."""
-    from bilingual import checkpoints
+    from bilingual import artifacts
     from bilingual.config import get_config
 
     if spec.startswith(UNTRAINED):
@@ -61,16 +61,13 @@ def resolve_backbone(spec: str, tokenizer_dir: str | None) -> Backbone:
     if not path.exists():
         raise SystemExit(f"--backbone/--compare {spec!r}: no such checkpoint or export directory "
                          f"(or use 'untrained:<preset>', e.g. untrained:tiny)")
-    if (path / "config.json").exists():
+    if artifacts.is_hf_directory(path):
         from bilingual.export.hf_import import import_hf
 
         config, _, _ = import_hf(path)
         has_tokenizer = (path / "tokenizer.json").exists()
         return Backbone(_label(path), config, str(path), tokenizer_dir or (str(path) if has_tokenizer else None))
-    root, step = checkpoints.resolve_step(path)
-    meta = checkpoints.load_meta(root / str(step))
-    return Backbone(_label(path), checkpoints.encoder_config_from_dict(meta["encoder_config"]), str(path),
-                    tokenizer_dir)
+    return Backbone(_label(path), artifacts.encoder_config_of(artifacts.load_meta(path)), str(path), tokenizer_dir)
 
 
 def _label(path: pathlib.Path) -> str:

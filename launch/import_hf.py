@@ -2,8 +2,9 @@
 
     python -m launch.import_hf --hf exports/de --out runs/imported/checkpoints [--step 0]
 
-Writes ``<out>/<step>/`` with ``bilingual.checkpoints.save_encoder``: a ``masked_lm`` checkpoint when the
-directory has the masked-LM head, else an ``encoder`` one. Every tensor must map to a parameter and every
+Writes ``<out>/<step>/`` with ``bilingual.artifacts.save_model``: a ``masked_lm`` checkpoint when the
+directory has the masked-LM head, else an ``encoder`` one; the directory's tokenizer, when it has one, is
+recorded with it. Every tensor must map to a parameter and every
 parameter must be present; otherwise the error lists the missing, unexpected and mis-shaped names.
 """
 
@@ -15,7 +16,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bilingual.checkpoints import save_encoder  # noqa: E402
+from bilingual.artifacts import save_model  # noqa: E402
 from bilingual.export.hf_config import HFConfigError  # noqa: E402
 from bilingual.export.hf_import import HFImportError, import_hf  # noqa: E402
 from bilingual.export.hf_state import StateDictMismatch  # noqa: E402
@@ -40,8 +41,9 @@ def main(argv=None) -> int:
     tree = {"bert": params, "cls": extras["mlm_params"]} if masked_lm else params
     meta = {"imported_from": os.path.abspath(args.hf), "source_dtype": extras["dtype"]}
     try:
-        path = save_encoder(args.out, args.step, config, tree, model_kind="masked_lm" if masked_lm else "encoder",
-                            extra_meta=meta)
+        has_tokenizer = os.path.isfile(os.path.join(args.hf, "tokenizer.json"))
+        path = save_model(args.out, args.step, config, tree, model_kind="masked_lm" if masked_lm else "encoder",
+                          extra_meta=meta, tokenizer=args.hf if has_tokenizer else None)
     except Exception as err:  # orbax: existing step, unwritable directory, ...
         print(f"error: cannot write checkpoint step {args.step} under {args.out}: {err}", file=sys.stderr)
         return 2

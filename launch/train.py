@@ -56,12 +56,12 @@ def main(argv=None) -> None:
         return run_finetune(args.workdir)
     config, data, evaluation = configurables.build()
     batches = data_factory.make_batches(config, data)
-    eval_hook = data_factory.make_eval_hook(evaluation, config.eval_every)
+    hooks = data_factory.make_eval_hooks(evaluation, config.eval_every)
 
     from bilingual.training.trainer import train
 
     try:
-        result = train(config, args.workdir, batches, eval_hook=eval_hook, operative_config=gin.config_str())
+        result = train(config, args.workdir, batches, hooks=hooks, operative_config=gin.config_str())
     finally:
         batches.close()
     if jax.process_index() == 0:

@@ -12,7 +12,7 @@ import pytest
 import numpy_reference as ref
 from tokenizer_fixture import build_tokenizer, tokenizer_dir
 from bilingual import JinaBert, JinaBertForMaskedLM, get_config, hf_layout
-from bilingual.checkpoints import save_encoder
+from bilingual.artifacts import save_model as save_encoder
 from bilingual.encoder_api import Encoder, bucket_length, bucket_rows
 
 TEXTS = [
@@ -165,7 +165,7 @@ def test_from_orbax_checkpoint(model, encoder, tmp_path):
     config, params = model
     expected = encoder.encode(TEXTS)
     # tokenizer recorded in the meta
-    save_encoder(tmp_path / "a", 5, config, params, extra_meta={"tokenizer_dir": str(tokenizer_dir())})
+    save_encoder(tmp_path / "a", 5, config, params, tokenizer=tokenizer_dir())
     np.testing.assert_allclose(Encoder.from_checkpoint(tmp_path / "a").encode(TEXTS), expected, atol=1e-6)
     # explicit tokenizer argument, step directory, masked-LM checkpoint
     mlm = nn.meta.unbox(JinaBertForMaskedLM(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])

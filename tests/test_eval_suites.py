@@ -14,10 +14,11 @@ from sklearn.feature_extraction.text import HashingVectorizer
 from tokenizer_fixture import build_tokenizer, tokenizer_dir
 from bilingual.encoder_api import bucket_length
 from bilingual import JinaBert, get_config
-from bilingual.checkpoints import save_encoder
+from bilingual.artifacts import save_model as save_encoder
 from bilingual.evaluation import suites
 from bilingual.evaluation.data_files import EvalDataError
 from bilingual.evaluation.hook import make_eval_hook
+from bilingual.training.hooks import StepEvent
 from launch import evaluate as launch_evaluate
 
 SUITE_NAMES = ("de", "es", "en", "de-en", "es-en")
@@ -95,7 +96,7 @@ def tiny_checkpoint(tmp_path_factory):
     config = get_config("tiny", vocab_size=len(build_tokenizer()))
     params = nn.meta.unbox(JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     path = tmp_path_factory.mktemp("ckpt")
-    save_encoder(path, 10, config, params, extra_meta={"tokenizer_dir": str(tokenizer_dir())})
+    save_encoder(path, 10, config, params, tokenizer=tokenizer_dir())
     return path, config, params
 
 
@@ -133,13 +134,16 @@ def test_launch_evaluate_end_to_end_and_compare(tiny_checkpoint, tmp_path, capsy
 def test_eval_hook(tiny_checkpoint):
     _, config, params = tiny_checkpoint
     hook = make_eval_hook("STSb-de", tokenizer=tokenizer_dir(), every_n_steps=5, limit=30)
-    assert hook(3, config, params) == {}
-    first = hook(5, config, params)
+    event = lambda step, p, last=False: StepEvent(step=step, num_steps=12, state=None, mesh=None, model_config=config,
+                                                  encoder_params=lambda: p, last=last)
+    assert hook(event(3, params)) is None
+    first = hook(event(5, params))
     assert set(first) == {"eval/STSb-de/spearman", "eval/STSb-de/pearson", "eval/average", "eval/seconds"}
     # new parameters are swapped in without recompiling, and change the score
     shifted = jax.tree.map(lambda x: x * 1.5, params)
-    second = hook(10, config, {"bert": shifted, "cls": {}})
+    second = hook(event(10, shifted))
     assert second["eval/average"] != first["eval/average"]
+    assert hook(event(12, shifted, last=True)) == second  # the last step always evaluates
     with pytest.raises(EvalDataError, match="missing evaluation file"):
         make_eval_hook("de", data_root="/nonexistent", tokenizer=tokenizer_dir())
 

@@ -11,12 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from bilingual import checkpoints
+from bilingual import artifacts
 from bilingual.config import get_config
 from bilingual.heads import HeadConfig, model_for_head
 from bilingual.optim import OptimizerConfig
 from bilingual.training import finetune as ft
-from bilingual.training.trainer import ConfigurationError
+from bilingual.config import ConfigError
+from bilingual.training import objectives
 from tasks import finetune_data as fd
 from tokenizer_fixture import build_tokenizer, tokenizer_dir
 
@@ -78,13 +79,13 @@ def test_merge_encoder_keeps_a_fresh_pooler_and_checks_shapes():
     fresh = __import__("flax").linen.meta.unbox(fresh)
     encoder = jax.tree.map(lambda x: np.full(x.shape, 0.5, x.dtype),
                            {k: v for k, v in fresh["bert"].items() if k != "pooler"})
-    merged = ft.merge_encoder(fresh, encoder)
+    merged = objectives.merge_head_encoder(fresh, encoder)
     np.testing.assert_array_equal(merged["bert"]["embeddings"]["word_embeddings"]["embedding"], 0.5)
     np.testing.assert_array_equal(merged["bert"]["pooler"]["dense"]["kernel"], fresh["bert"]["pooler"]["dense"]["kernel"])
     np.testing.assert_array_equal(merged["classifier"]["kernel"], fresh["classifier"]["kernel"])
     wrong = jax.tree.map(lambda x: np.zeros(x.shape + (1,), x.dtype), encoder)
-    with pytest.raises(ConfigurationError, match="do not fit the head model"):
-        ft.merge_encoder(fresh, wrong)
+    with pytest.raises(ConfigError, match="do not fit the head model"):
+        objectives.merge_head_encoder(fresh, wrong)
 
 
 @pytest.mark.parametrize("kind", ["orbax", "hf_export"])
@@ -95,7 +96,7 @@ def test_init_from_a_checkpoint_uses_its_encoder(tmp_path, kind):
     encoder = __import__("flax").linen.meta.unbox(
         JinaBert(MODEL).init(jax.random.key(7), np.zeros((1, 8), np.int32))["params"])
     if kind == "orbax":
-        checkpoints.save_encoder(tmp_path / "backbone", 1, MODEL, encoder)
+        artifacts.save_model(tmp_path / "backbone", 1, MODEL, encoder)
     else:
         from bilingual.export.hf_export import export_hf
 
@@ -146,30 +147,31 @@ def test_best_epoch_is_selected_and_its_checkpoint_kept(tmp_path, monkeypatch):
         return metrics
 
     saved = {}
-    original_save = ft.BestCheckpoint.save
+    original_save = artifacts.TrainCheckpointer.save
 
-    def recording_save(self, epoch, params, meta):
-        saved[epoch] = jax.tree.map(np.asarray, params)
-        return original_save(self, epoch, params, meta)
+    def recording_save(self, state, meta, data_state, force=False):
+        saved[meta["epoch"]] = jax.tree.map(np.asarray, state.params)
+        return original_save(self, state, meta, data_state, force=force)
 
     monkeypatch.setattr(ft, "score_predictions", fake_score)
-    monkeypatch.setattr(ft.BestCheckpoint, "save", recording_save)
+    monkeypatch.setattr(artifacts.TrainCheckpointer, "save", recording_save)
     data = small("sib200-en", train=64, evaluation=48)
     result = ft.finetune(config(data.spec, num_epochs=3), tmp_path, data, build_tokenizer().backend_tokenizer,
                          report=lambda s: None)
     assert result.best_epoch == 2 and sorted(saved) == [1, 2]
     assert result.dev["accuracy"] == 0.7
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    steps_per_epoch = 64 // 16  # the kept step is the end of epoch 2
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2 * steps_per_epoch]
     for got, want in zip(jax.tree.leaves(result.params), jax.tree.leaves(saved[2])):
         np.testing.assert_array_equal(np.asarray(got), want)
-    model_config, head, meta, params = ft.load_classifier(tmp_path / "checkpoints")
+    model_config, head, meta, params = artifacts.load_classifier(tmp_path / "checkpoints")
     assert meta["epoch"] == 2 and meta["labels"] == list(fd.SIB200_LABELS) and head.num_labels == 7
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(saved[2])):
         np.testing.assert_array_equal(got, want)
     stored = json.loads((tmp_path / "result.json").read_text())
     assert stored["best_epoch"] == 2 and len(stored["history"]) == 3
     # the probe's encoder loads like any stage's, without the head or the CLS pooler
-    _, encoder = checkpoints.load_encoder(tmp_path / "checkpoints")
+    _, encoder = artifacts.load_encoder(tmp_path / "checkpoints")
     expected = {k: v for k, v in params["bert"].items() if k != "pooler"}
     assert sorted(encoder) == sorted(expected)
     jax.tree.map(np.testing.assert_array_equal, encoder, expected)
@@ -178,12 +180,12 @@ def test_best_epoch_is_selected_and_its_checkpoint_kept(tmp_path, monkeypatch):
 def test_configuration_errors_are_early(tmp_path):
     data = small("sib200-en", train=32, evaluation=16)
     tok = build_tokenizer().backend_tokenizer
-    with pytest.raises(ConfigurationError, match="batch_size=12 is not divisible"):
+    with pytest.raises(ConfigError, match="batch_size=12 is not divisible"):
         ft.finetune(config(data.spec, batch_size=12), tmp_path / "a", data, tok)
-    with pytest.raises(ConfigurationError, match="fewer than one batch"):
+    with pytest.raises(ConfigError, match="fewer than one batch"):
         ft.finetune(config(data.spec, batch_size=64), tmp_path / "b", data, tok)
     regression = dataclasses.replace(config(data.spec), head=HeadConfig(task="regression", num_labels=1))
-    with pytest.raises(ConfigurationError, match="is 'classification'"):
+    with pytest.raises(ConfigError, match="is 'classification'"):
         ft.finetune(regression, tmp_path / "c", data, tok)
 
 
@@ -235,12 +237,12 @@ def test_launch_train_runs_the_finetune_stage(tmp_path, clean_gin, capsys):
     assert export.main(["--checkpoint", str(tmp_path / "run" / "checkpoints"), "--tokenizer", str(tokenizer_dir()),
                         "--out", str(tmp_path / "export")]) == 0
     _, head, params, labels = import_classifier(tmp_path / "export")
-    _, kept_head, meta, kept = ft.load_classifier(tmp_path / "run" / "checkpoints")
+    _, kept_head, meta, kept = artifacts.load_classifier(tmp_path / "run" / "checkpoints")
     assert head == kept_head and labels == meta["labels"] and len(labels) == 7
     jax.tree.map(np.testing.assert_array_equal, params, jax.tree.map(np.asarray, kept))
     # the probe's encoder loads like any stage's: no classifier, and no pooler (the CLS head added it)
     assert head.pooling == "cls" and "pooler" in kept["bert"]
-    _, encoder = checkpoints.load_encoder(tmp_path / "run" / "checkpoints")
+    _, encoder = artifacts.load_encoder(tmp_path / "run" / "checkpoints")
     assert sorted(encoder) == sorted(k for k in kept["bert"] if k != "pooler")
 
 
@@ -251,7 +253,7 @@ def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     model = get_config("tiny", vocab_size=1000, num_layers=1)
     encoder = __import__("flax").linen.meta.unbox(
         JinaBert(model).init(jax.random.key(3), np.zeros((1, 8), np.int32))["params"])
-    checkpoints.save_encoder(tmp_path / "backbone", 5, model, encoder)
+    artifacts.save_model(tmp_path / "backbone", 5, model, encoder)
     report = finetune_bench.main([
         "--backbone", str(tmp_path / "backbone"), "--compare", "untrained:tiny", "--tokenizer", str(tokenizer_dir()),
         "--tasks", "sib200-en2de", "stsb-es", "--epochs", "1", "--data_root", str(fd.BUNDLED_DATA_ROOT),
@@ -277,7 +279,7 @@ def test_bench_command_compares_two_backbones(tmp_path, clean_gin, capsys):
     export = tmp_path / "bench" / "backbone" / "sib200-en2de" / "export"
     _, head, params, labels = import_classifier(export)
     assert labels == list(fd.SIB200_LABELS) and head.pooling == "mean" and head.num_labels == 7
-    _, _, _, kept = ft.load_classifier(report["results"]["backbone"]["sib200-en2de"]["checkpoint"])
+    _, _, _, kept = artifacts.load_classifier(report["results"]["backbone"]["sib200-en2de"]["checkpoint"])
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(kept)):
         np.testing.assert_allclose(got, want, atol=1e-6)
 

@@ -12,9 +12,9 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from bilingual.checkpoints import load_meta, save_encoder
+from bilingual.artifacts import load_meta, load_model_tree
+from bilingual.artifacts import save_model as save_encoder
 from bilingual.export import hf_state
-from bilingual.export.checkpoint_io import load_model_tree
 from launch import export as export_cli
 from launch import import_hf as import_cli
 

@@ -9,7 +9,7 @@ import pytest
 
 from bilingual import JinaBert, JinaBertForMaskedLM, get_config, gradcache, losses, sharding
 from bilingual.optim import OptimizerConfig, make_optimizer
-from bilingual.training import sharded, steps
+from bilingual.training import objectives, sharded, steps
 from train_helpers import synthetic_batch
 
 CONFIG = get_config("tiny", vocab_size=512, hidden_dropout=0.0)
@@ -85,10 +85,12 @@ def test_mlm_step_with_position_budget_equals_full_logits():
 
 
 def _run_step(task_type, mesh, tx, step_config, batch, params):
-    model = steps.model_for_stage("mlm" if task_type == "mlm" else "pairs", CONFIG)
+    objective = objectives.for_stage("mlm" if task_type == "mlm" else "pairs", CONFIG, step_config)
+    model = objective.model
     example_ids = jnp.zeros((1, 8), jnp.int32)
     encoder_params = params["bert"] if task_type == "mlm" else params
-    state, shardings = sharded.init_state(model, tx, mesh, jax.random.key(0), example_ids, encoder_params)
+    state, shardings = sharded.init_state(model, tx, mesh, jax.random.key(0), example_ids, encoder_params,
+                                          merge=objectives.replace_encoder)
     if task_type == "mlm":  # same MLM head as the reference run
         host = jax.tree.map(np.array, params)  # copies: the compiled step donates (deletes) its input state
         state = state.replace(params=jax.device_put(host, shardings.params),
@@ -151,4 +153,5 @@ def test_init_from_encoder_params_checks_shapes():
     tx = optax.sgd(0.1)
     other = tiny_params(config=CONFIG.replace(vocab_size=256))
     with pytest.raises(ValueError, match="word_embeddings/embedding: model \\(512, 128\\) vs given \\(256, 128\\)"):
-        sharded.init_state(JinaBert(CONFIG), tx, mesh, jax.random.key(0), jnp.zeros((1, 8), jnp.int32), other)
+        sharded.init_state(JinaBert(CONFIG), tx, mesh, jax.random.key(0), jnp.zeros((1, 8), jnp.int32), other,
+                           merge=objectives.replace_encoder)

@@ -1,4 +1,5 @@
-"""The trainer: resume equals uninterrupted, stage chaining, checkpoints, SIGTERM, early config errors."""
+"""The trainer: resume equals uninterrupted, stage chaining, checkpoints, SIGTERM, early config errors,
+hooks that own their cadence (the last step always evaluates), stable TensorBoard names."""
 
 import os
 import pathlib
@@ -9,10 +10,13 @@ import numpy as np
 import pytest
 
 from bilingual import get_config, sharding
-from bilingual.checkpoints import CheckpointError, load_encoder
+from bilingual.artifacts import CheckpointError, load_encoder, load_meta
+from bilingual.config import ConfigError
 from bilingual.optim import OptimizerConfig
 from bilingual.training import steps
-from bilingual.training.trainer import ConfigurationError, TrainConfig, train
+from bilingual.training.hooks import EvalHook
+from bilingual.training.trainer import TrainConfig, train
+from tokenizer_fixture import tokenizer_dir
 from train_helpers import SyntheticBatches
 
 MODEL = get_config("tiny", vocab_size=512, num_layers=1)
@@ -25,6 +29,16 @@ def config(stage="pairs", **overrides):
                 peak_flops_per_device=1e11, step=steps.StepConfig(max_predictions=8))
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def scalars(logdir) -> dict[str, dict[int, float]]:
+    """``{tag: {step: value}}`` of the TensorBoard event files in ``logdir`` (read with tensorboard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {tag: {e.step: float(np.asarray(__import__("tensorflow").make_ndarray(e.tensor_proto))) for e in
+                  events.Tensors(tag)} for tag in events.Tags()["tensors"]}
 
 
 def params_equal(a, b):
@@ -67,11 +81,53 @@ def test_multitask_stage_from_previous_stage_with_logs(tmp_path):
     params_equal(result.state.params, exported)
 
 
-def test_eval_hook_runs_every_n_steps(tmp_path):
+def test_eval_hook_runs_every_n_steps_and_at_the_last_step(tmp_path):
     calls = []
-    train(config("pairs", num_steps=4, eval_every=2), tmp_path, SyntheticBatches(["pairs"]),
-          eval_hook=lambda step, cfg, params: calls.append((step, cfg.hidden_size, len(params))) or {"m": 0.5})
-    assert calls == [(2, 128, 2), (4, 128, 2)]
+    hook = EvalHook(lambda step, cfg, params: calls.append((step, cfg.hidden_size, sorted(params))) or {"m": 0.5},
+                    every_n_steps=2)
+    train(config("mlm", num_steps=5), tmp_path, SyntheticBatches(["mlm"]), hooks=[hook])
+    # 5 is not a multiple of 2: the final evaluation still runs; the MLM head is not passed to evaluation
+    assert calls == [(2, 128, ["embeddings", "encoder"]), (4, 128, ["embeddings", "encoder"]),
+                     (5, 128, ["embeddings", "encoder"])]
+    assert scalars(tmp_path / "tensorboard")["eval/m"] == {2: 0.5, 4: 0.5, 5: 0.5}
+
+
+def test_the_suite_hook_evaluates_the_final_step_under_one_prefix(tmp_path):
+    """The real evaluation hook through ``launch``'s factory: final step evaluated, tags ``eval/<task>/...``."""
+    from launch import data_factory
+
+    hooks = data_factory.make_eval_hooks({"suite": "STSb-de", "tokenizer_dir": str(tokenizer_dir()),
+                                          "limit": 16}, every_n_steps=2)
+    model = get_config("tiny", vocab_size=1000, num_layers=1)
+    train(config("pairs", model=model, num_steps=3), tmp_path, SyntheticBatches(["pairs"], vocab=1000), hooks=hooks)
+    logged = scalars(tmp_path / "tensorboard")
+    assert set(logged["eval/STSb-de/spearman"]) == {2, 3} and set(logged["eval/average"]) == {2, 3}
+    assert not [tag for tag in logged if tag.startswith("eval/eval/")]
+
+
+def test_multitask_metric_names_do_not_depend_on_the_log_window(tmp_path):
+    """Windows of one task type and of several write the same tags: ``loss`` and ``<task_type>/<name>``."""
+    run = config("multitask", num_steps=6, log_every=2)
+    train(run, tmp_path, SyntheticBatches(["pairs", "pairs", "retrieval", "sts", "sts", "sts"]))
+    logged = scalars(tmp_path / "tensorboard")
+    assert set(logged["loss"]) == {2, 4, 6}
+    assert set(logged["pairs/loss"]) == {2} and set(logged["retrieval/loss"]) == {4}
+    assert set(logged["sts/loss"]) == {4, 6} and set(logged["sts/sts_pearson"]) == {4, 6}
+    # the window loss is the mean of its steps' losses, whatever their task types
+    assert logged["loss"][4] == pytest.approx((logged["retrieval/loss"][4] + logged["sts/loss"][4]) / 2, rel=1e-6)
+
+
+def test_schedule_length_defaults_to_num_steps_and_the_tokenizer_is_recorded(tmp_path):
+    run = config("pairs", num_steps=4, tokenizer=str(tokenizer_dir()),
+                 optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=1), model=get_config("tiny", vocab_size=1000,
+                                                                                              num_layers=1))
+    result = train(run, tmp_path, SyntheticBatches(["pairs"], vocab=1000))
+    # warmup to the peak at step 1, then linear decay reaching 0 at step 4 (logged: the rate of the last update)
+    assert [h["learning_rate"] for h in result.history] == pytest.approx([1e-3, 1e-3 / 3], rel=1e-6)
+    assert load_meta(tmp_path / "checkpoints")["tokenizer"] == "tokenizer"
+    assert (tmp_path / "checkpoints" / "tokenizer" / "tokenizer.json").is_file()
+    with pytest.raises(ConfigError, match="has .* tokens, more than encoder.vocab_size=512"):
+        train(config("pairs", tokenizer=str(tokenizer_dir())), tmp_path / "small", SyntheticBatches(["pairs"]))
 
 
 def test_sigterm_saves_and_stops(tmp_path):
@@ -101,13 +157,13 @@ def test_damaged_checkpoint_is_reported_not_loaded(tmp_path):
 ])
 def test_configurations_that_cannot_work_fail_before_compiling(tmp_path, overrides, match):
     batches = SyntheticBatches(["pairs"])
-    with pytest.raises(ConfigurationError, match=match):
+    with pytest.raises(ConfigError, match=match):
         train(config(**overrides), tmp_path, batches)
     assert batches.position == 0  # failed before reading data or compiling
 
 
 def test_batch_of_the_wrong_task_type_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigurationError, match="task type 'sts'"):
+    with pytest.raises(ConfigError, match="task type 'sts'"):
         train(config("pairs"), tmp_path, SyntheticBatches(["sts"]))
 
 

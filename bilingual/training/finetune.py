@@ -1,20 +1,19 @@
 """The ``finetune`` stage: full fine-tuning of a head model on one labelled task, epoch by epoch.
 
-    data (``tasks.finetune_data.TaskData``) -> tokenise -> mesh, head model, AdamW (warmup + decay over
-    ``num_epochs`` x steps per epoch) -> state (encoder from an MLM/pairs checkpoint or an HF export, or
-    fresh: the untrained baseline) -> per epoch: shuffled train batches through the sharded jitted step,
-    then dev predictions scored on the host -> the checkpoint of the best dev epoch is kept (orbax) ->
-    test scored with the best parameters.
+    data (``tasks.finetune_data.TaskData``) -> tokenise -> the head objective (``objectives.head_objective``)
+    and epoch batches -> ``trainer.train`` (the same loop, state init, sharded step, checkpoints and logging
+    as every stage), with ``DevHook`` scoring dev at the end of each epoch and ``TrainConfig.keep_best``
+    keeping the checkpoint of the best dev epoch -> test scored with the best parameters.
 
-The step is ``sharded.compile_step`` like the other stages: parameters and optimiser state sharded by
-their logical axes, the batch over ``(data, fsdp)``, the state donated; one compiled step per length bucket.
-With several processes every process builds the same global batch and passes its own rows.
-Dev/test predictions come back replicated, so every process scores them alike (process 0 writes files).
+``FinetuneConfig`` counts in epochs; ``finetune`` turns it into a ``TrainConfig`` (steps = epochs x batches
+per epoch, warmup = ``warmup_ratio`` of them, evaluation and logging once per epoch). One compiled step per
+length bucket. With several processes every process builds the same global batch and passes its own rows;
+dev/test predictions come back replicated, so every process scores them alike (process 0 writes files).
 
-Checkpoints (``<workdir>/checkpoints/<epoch>/{model,meta}``): only the best epoch so far is kept (a new
-one is written when the dev metric strictly improves, and the previous one deleted). ``meta`` holds
-``encoder_config``, ``head``, ``labels``, ``task`` and the epoch's dev metrics. ``<workdir>/result.json``
-holds the per-epoch history, the best epoch and the test metrics. Fine-tuned heads are throwaway
+Checkpoints (``<workdir>/checkpoints/<step>/{model,meta,...}``): only the best epoch so far is kept (written
+when the dev metric strictly improves). ``meta`` holds ``encoder_config``, ``head``, ``labels``, ``task``,
+the epoch and its dev metrics. ``<workdir>/result.json`` holds the per-epoch history, the best epoch and the
+test metrics. A fine-tuning workdir is not resumed (runs are minutes long). Fine-tuned heads are throwaway
 backbone probes: nothing here feeds embedding training.
 """
 
@@ -26,28 +25,22 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from scipy import stats
 from sklearn.metrics import f1_score
 
-from bilingual import checkpoints, sharding
-from bilingual.config import EncoderConfig
-from bilingual.heads import HeadConfig, HeadError, loss_for_head, merge_encoder_params, model_for_head
-from bilingual.optim import OptimizerConfig, make_optimizer
-from bilingual.training import sharded
-from bilingual.training.steps import TrainState
-from bilingual.training.trainer import ConfigurationError, load_matching_encoder
-from bilingual.training import finetune_batches
+from bilingual import artifacts, sharding
+from bilingual.config import ConfigError, EncoderConfig
+from bilingual.heads import HeadConfig
+from bilingual.optim import OptimizerConfig
+from bilingual.training import finetune_batches, objectives
+from bilingual.training.hooks import Hook, StepEvent
+from bilingual.training.trainer import TrainConfig, train
 
 log = logging.getLogger("bilingual.finetune")
 
-BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
 MODEL_KIND = "sequence_classification"
 
 
@@ -120,86 +113,124 @@ def _selection_value(metrics: dict, metric: str) -> float:
     return -np.inf if np.isnan(value) else value
 
 
-# -------------------------------------------------------------------------------------------- steps
-
-
-def make_finetune_step(model: nn.Module, tx: optax.GradientTransformation, head: HeadConfig, dropout: bool):
-    """``(state, batch, rng) -> (state, metrics)``; the loss is the head's weighted loss."""
-    loss_fn = loss_for_head(head)
-
-    def step(state: TrainState, batch, rng):
-        def compute(params):
-            logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                                 batch["token_type_ids"], deterministic=not dropout, rngs={"dropout": rng})
-            return loss_fn(logits, batch["labels"], batch["weights"])
-
-        (loss, metrics), grads = jax.value_and_grad(compute, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return step
-
-
-def merge_encoder(fresh: dict, encoder_params) -> dict:
-    """``fresh`` head-model params with ``bert`` replaced by ``encoder_params`` (``heads.merge_encoder_params``:
-    a pooler the encoder lacks stays fresh, one the head does not use is dropped), cast to the model's
-    parameter dtypes. Traceable, so the sharded ``init`` places the result straight into its shards."""
-    try:
-        merged = merge_encoder_params(fresh, encoder_params)
-    except HeadError as err:
-        raise ConfigurationError(f"initial encoder parameters do not fit the head model: {err}") from err
-    return {**merged, "bert": jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), merged["bert"], fresh["bert"])}
-
-
-class BestCheckpoint:
-    """Orbax manager keeping one step: the best dev epoch so far (``save`` only on a strict improvement)."""
-
-    def __init__(self, directory):
-        self.directory = checkpoints.as_path(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("model", "meta"))
-
-    def save(self, epoch: int, params, meta: dict) -> None:
-        self.manager.save(epoch, args=ocp.args.Composite(model=ocp.args.StandardSave(params),
-                                                         meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
-
-    def restore(self, epoch: int, target):
-        restored = self.manager.restore(epoch, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
-        return restored.model
-
-    def steps(self) -> list[int]:
-        return list(self.manager.all_steps())
-
-    def close(self) -> None:
-        self.manager.close()
-
-
-def load_classifier(path) -> tuple[EncoderConfig, HeadConfig, dict, Any]:
-    """``(encoder config, head config, meta, params)`` of a fine-tuning checkpoint (root or step dir)."""
-    root, step = checkpoints.resolve_step(path)
-    meta = checkpoints.load_meta(root / str(step))
-    if meta.get("model") != MODEL_KIND:
-        raise checkpoints.CheckpointError(f"{root / str(step)} is a {meta.get('model')!r} checkpoint, not a "
-                                          f"fine-tuned {MODEL_KIND!r} one")
-    manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("model", "meta"))
-    with manager:
-        metadata = manager.item_metadata(step)["model"]
-        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)
-        params = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))).model
-    return (checkpoints.encoder_config_from_dict(meta["encoder_config"]), HeadConfig(**meta["head"]), meta, params)
-
-
 # --------------------------------------------------------------------------------------------- loop
 
 
-def _local_rows(batch: dict) -> dict:
+# --------------------------------------------------------------------------------- batches and hooks
+
+
+class EpochBatches:
+    """The train split's shuffled batches, epoch after epoch, as the trainer's batch iterator.
+
+    Each process yields its own ``batch_size / process_count`` rows of the global batch. The state is
+    ``{"epoch", "batch"}``; batches are a pure function of ``(seed, epoch)``, so ``set_state`` reopens the
+    epoch and skips the batches already taken."""
+
+    def __init__(self, split, batch_size: int, *, seed: int, buckets):
+        self.split, self.batch_size, self.seed, self.buckets = split, batch_size, seed, buckets
+        self.epoch, self.taken, self._batches = 1, 0, None
+
+    def _open(self):
+        self._batches = finetune_batches.iterate_batches(self.split, self.batch_size, shuffle=True, seed=self.seed,
+                                                         epoch=self.epoch, drop_remainder=True, buckets=self.buckets)
+        for _ in range(self.taken):
+            next(self._batches)
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self._open()
+        batch = next(self._batches, None)
+        if batch is None:
+            self.epoch, self.taken = self.epoch + 1, 0
+            self._open()
+            batch = next(self._batches)
+        self.taken += 1
+        return {**local_rows({k: batch[k] for k in objectives.HEAD_BATCH_KEYS}), "task": "finetune",
+                "task_type": "head"}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.taken}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch, self.taken, self._batches = int(state["epoch"]), int(state["batch"]), None
+
+
+def local_rows(batch: dict) -> dict:
+    """This process's rows of a global batch that every process built alike."""
     n, i = jax.process_count(), jax.process_index()
     per = batch["input_ids"].shape[0] // n
     return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+
+
+class Predictor:
+    """Logits ``[rows, num_labels]`` of a tokenised split, replicated on every process, in row order."""
+
+    def __init__(self, model, mesh, param_shardings, num_labels: int, batch_size: int, buckets):
+        self.mesh, self.num_labels, self.batch_size, self.buckets = mesh, num_labels, batch_size, buckets
+        inputs = objectives.HEAD_BATCH_KEYS[:3]
+        self.inputs = inputs
+        self.fn = jax.jit(lambda params, b: model.apply({"params": params}, b["input_ids"], b["attention_mask"],
+                                                        b["token_type_ids"], deterministic=True),
+                          in_shardings=(param_shardings, {k: sharding.batch_sharding(mesh, 2) for k in inputs}),
+                          out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def __call__(self, params, split) -> np.ndarray:
+        from bilingual.training import sharded
+
+        out = np.zeros((len(split), self.num_labels), np.float32)
+        for batch in finetune_batches.iterate_batches(split, self.batch_size, buckets=self.buckets):
+            arrays = sharded.put_batch(self.mesh, local_rows({k: batch[k] for k in self.inputs}))
+            with sharding.sharding_context(self.mesh, sharding.LOGICAL_RULES):
+                logits = np.asarray(jax.device_get(self.fn(params, arrays)))
+            keep = batch["index"] >= 0
+            out[batch["index"][keep]] = logits[keep].reshape(int(keep.sum()), -1)
+        return out
+
+
+class DevHook(Hook):
+    """At the end of every epoch (and before training with ``at_start``): dev scored on the host,
+    returned as ``dev/<metric>``; keeps the per-epoch history (train loss, dev metrics, seconds)."""
+
+    def __init__(self, name: str, head_task: str, dev, steps_per_epoch: int, num_epochs: int, *,
+                 at_start: bool, report: Callable[[str], None], selection: str):
+        self.name, self.head_task, self.dev, self.steps_per_epoch = name, head_task, dev, steps_per_epoch
+        self.num_epochs, self.at_start, self.report, self.selection = num_epochs, at_start, report, selection
+        self.predictor: Optional[Predictor] = None
+        self.history: list[dict] = []
+        self.losses: list = []
+        self.epoch_started = time.perf_counter()
+        self.best = -np.inf
+
+    def _score(self, event: StepEvent) -> dict:
+        return score_predictions(self.head_task, self.predictor(event.state.params, self.dev), self.dev.labels)
+
+    def start(self, event: StepEvent):
+        self.epoch_started = time.perf_counter()
+        if not self.at_start:
+            return None
+        dev = self._score(event)
+        self.history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "dev": dev, "seconds": 0.0})
+        return None  # epoch 0 is reported, never selected
+
+    def __call__(self, event: StepEvent):
+        self.losses.append(event.metrics["loss"])
+        if event.step % self.steps_per_epoch:
+            return None
+        epoch = event.step // self.steps_per_epoch
+        train_loss = float(np.mean(jax.device_get(self.losses)))
+        dev = self._score(event)
+        self.history.append({"epoch": epoch, "step": event.step, "train_loss": train_loss, "dev": dev,
+                             "seconds": round(time.perf_counter() - self.epoch_started, 2)})
+        value = _selection_value(dev, self.selection)
+        improved = value > self.best
+        self.best = max(self.best, value)
+        self.report(f"[{self.name}] epoch {epoch}/{self.num_epochs}: train loss {train_loss:.4f}, dev "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + (" (best)" if improved else ""))
+        self.losses, self.epoch_started = [], time.perf_counter()
+        return {f"dev/{k}": v for k, v in dev.items()}
+
+
+# ---------------------------------------------------------------------------------------------- run
 
 
 def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
@@ -211,123 +242,70 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
     spec = data.spec
     head = config.head
     if head.task != spec.head:
-        raise ConfigurationError(f"HeadConfig.task={head.task!r} but task {spec.name!r} is {spec.head!r}")
+        raise ConfigError(f"HeadConfig.task={head.task!r} but task {spec.name!r} is {spec.head!r}")
     if spec.head == "classification" and head.num_labels != len(data.labels):
         head = dataclasses.replace(head, num_labels=len(data.labels))
-    workdir = checkpoints.as_path(workdir)
+    workdir = artifacts.as_path(workdir)
     mesh = sharding.make_mesh(config.mesh)
     divisor = sharding.batch_divisor(mesh) * jax.process_count()
     eval_batch = config.eval_batch_size or config.batch_size
     for name, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch)):
         if value % divisor:
-            raise ConfigurationError(f"FinetuneConfig.{name}={value} is not divisible by the data-parallel size "
-                                     f"{divisor} (mesh {dict(mesh.shape)} x {jax.process_count()} processes)")
+            raise ConfigError(f"FinetuneConfig.{name}={value} is not divisible by the data-parallel size "
+                              f"{divisor} (mesh {dict(mesh.shape)} x {jax.process_count()} processes)")
     if config.num_epochs < 1:
-        raise ConfigurationError(f"FinetuneConfig.num_epochs must be >= 1, got {config.num_epochs}")
+        raise ConfigError(f"FinetuneConfig.num_epochs must be >= 1, got {config.num_epochs}")
     if config.max_length > config.model.max_length:
-        raise ConfigurationError(f"FinetuneConfig.max_length={config.max_length} exceeds the encoder's "
-                                 f"max_length {config.model.max_length}")
+        raise ConfigError(f"FinetuneConfig.max_length={config.max_length} exceeds the encoder's "
+                          f"max_length {config.model.max_length}")
+    if (workdir / "checkpoints").exists() and any(p.name.isdigit() for p in (workdir / "checkpoints").iterdir()):
+        raise ConfigError(f"{workdir / 'checkpoints'} already holds a fine-tuning run; use a new workdir")
 
     splits = {name: finetune_batches.tokenize(getattr(data, name), tokenizer, config.max_length)
               for name in ("train", "dev", "test")}
     steps_per_epoch = finetune_batches.num_batches(len(splits["train"]), config.batch_size, drop_remainder=True)
     if steps_per_epoch < 1:
-        raise ConfigurationError(f"task {spec.name!r}: {len(splits['train'])} training rows are fewer than one "
-                                 f"batch of {config.batch_size}")
+        raise ConfigError(f"task {spec.name!r}: {len(splits['train'])} training rows are fewer than one "
+                          f"batch of {config.batch_size}")
     total_steps = steps_per_epoch * config.num_epochs
     optimizer = dataclasses.replace(config.optimizer, total_steps=total_steps,
                                     warmup_steps=int(round(config.warmup_ratio * total_steps)))
-    tx = make_optimizer(optimizer)
-    model = model_for_head(config.model, head)
-    example_ids = jnp.zeros((1, 8), jnp.int32)
-    shardings = sharded.state_shardings(model, tx, mesh, example_ids)
-
-    encoder_params = None
-    if config.init_from:
-        encoder_params = load_matching_encoder(config.init_from, config.model, "FinetuneConfig.init_from")
-
-    def init(key):
-        params = nn.meta.unbox(model.init(key, example_ids)["params"])
-        if encoder_params is not None:
-            params = merge_encoder(params, encoder_params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    with sharding.sharding_context(mesh, sharding.LOGICAL_RULES):
-        state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-
-    step_fn = make_finetune_step(model, tx, head, config.dropout)
-    compiled: dict[tuple, Any] = {}
-    replicated = NamedSharding(mesh, PartitionSpec())
-    predict = jax.jit(lambda params, b: model.apply({"params": params}, b["input_ids"], b["attention_mask"],
-                                                    b["token_type_ids"], deterministic=True),
-                      in_shardings=(shardings.params, {k: sharding.batch_sharding(mesh, 2) for k in BATCH_KEYS[:3]}),
-                      out_shardings=replicated)
-
-    def predictions(params, split) -> np.ndarray:
-        out = np.zeros((len(split), head.num_labels), np.float32)
-        for batch in finetune_batches.iterate_batches(split, eval_batch, buckets=config.length_buckets):
-            arrays = sharded.put_batch(mesh, _local_rows({k: batch[k] for k in BATCH_KEYS[:3]}))
-            with sharding.sharding_context(mesh, sharding.LOGICAL_RULES):
-                logits = np.asarray(jax.device_get(predict(params, arrays)))
-            keep = batch["index"] >= 0
-            out[batch["index"][keep]] = logits[keep].reshape(int(keep.sum()), -1)
-        return out
-
-    meta = {"encoder_config": config.model.to_dict(), "model": MODEL_KIND, "head": head.to_dict(),
-            "labels": list(data.labels) if data.labels else None, "task": dataclasses.asdict(spec),
+    meta = {"labels": list(data.labels) if data.labels else None, "task": dataclasses.asdict(spec),
             "max_length": config.max_length, "init_from": config.init_from}
-    workdir.mkdir(parents=True, exist_ok=True)
-    best_ckpt = BestCheckpoint(workdir / "checkpoints")
-    if best_ckpt.steps():
-        best_ckpt.close()
-        raise ConfigurationError(f"{workdir / 'checkpoints'} already holds a fine-tuning run; use a new workdir")
-    history: list[dict] = []
-    best_epoch, best_value = 0, -np.inf
-    base_key = jax.random.key(config.seed + 1)
-    step = 0
-    if config.eval_at_start:
-        dev = score_predictions(spec.head, predictions(state.params, splits["dev"]), splits["dev"].labels)
-        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"), "dev": dev, "seconds": 0.0})
-    try:
-        for epoch in range(1, config.num_epochs + 1):
-            start, losses = time.perf_counter(), []
-            for batch in finetune_batches.iterate_batches(splits["train"], config.batch_size, shuffle=True,
-                                                       seed=config.seed, epoch=epoch, drop_remainder=True,
-                                                       buckets=config.length_buckets):
-                arrays = {k: batch[k] for k in BATCH_KEYS}
-                key = arrays["input_ids"].shape
-                if key not in compiled:
-                    global_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in arrays.items()}
-                    compiled[key], memory = sharded.compile_step(step_fn, mesh, shardings, state, global_shapes)
-                    log.info("compiled the %s fine-tuning step for %s: %s", spec.name, key,
-                             sharded.describe_memory(memory))
-                state, metrics = compiled[key](state, sharded.put_batch(mesh, _local_rows(arrays)),
-                                               jax.random.fold_in(base_key, step))
-                step += 1
-                losses.append(metrics["loss"])
-            train_loss = float(np.mean(jax.device_get(losses)))
-            dev = score_predictions(spec.head, predictions(state.params, splits["dev"]), splits["dev"].labels)
-            record = {"epoch": epoch, "step": step, "train_loss": train_loss, "dev": dev,
-                      "seconds": round(time.perf_counter() - start, 2)}
-            history.append(record)
-            value = _selection_value(dev, spec.metric)
-            improved = value > best_value
-            if improved:
-                best_epoch, best_value = epoch, value
-                best_ckpt.save(epoch, state.params, {**meta, "epoch": epoch, "dev": dev})
-            report(f"[{spec.name}] epoch {epoch}/{config.num_epochs}: train loss {train_loss:.4f}, dev "
-                   + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + (" (best)" if improved else ""))
-        if best_epoch == 0:
-            raise ConfigurationError(f"task {spec.name!r}: the dev metric {spec.metric} was NaN in every epoch")
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.params)
-        best_params = best_ckpt.restore(best_epoch, target)
-    finally:
-        best_ckpt.close()
-    test = score_predictions(spec.head, predictions(best_params, splits["test"]), splits["test"].labels)
-    result = FinetuneResult(task=spec.name, metric=spec.metric, head=head, best_epoch=best_epoch,
-                            dev=next(h["dev"] for h in history if h["epoch"] == best_epoch), test=test, history=history, params=best_params,
-                            workdir=workdir)
+    objective = objectives.head_objective(config.model, head, dropout=config.dropout, meta=meta)
+    run = TrainConfig(stage="finetune", model=config.model, optimizer=optimizer, num_steps=total_steps,
+                      batch_size=config.batch_size, mesh=config.mesh, seed=config.seed, log_every=steps_per_epoch,
+                      eval_every=steps_per_epoch, checkpoint_every=0, init_from=config.init_from,
+                      keep_best=f"dev/{spec.metric}")
+    predictor = Predictor(objective.model, mesh, _param_shardings(objective, optimizer, mesh), head.num_labels,
+                          eval_batch, config.length_buckets)
+    dev_hook = DevHook(spec.name, spec.head, splits["dev"], steps_per_epoch, config.num_epochs,
+                       at_start=config.eval_at_start, report=report, selection=spec.metric)
+    dev_hook.predictor = predictor
+    epoch_meta = lambda event: {"epoch": event.step // steps_per_epoch,
+                                "dev": {k[4:]: v for k, v in event.logged.items() if k.startswith("dev/")}}
+    result = train(run, workdir, EpochBatches(splits["train"], config.batch_size, seed=config.seed,
+                                              buckets=config.length_buckets),
+                   hooks=[dev_hook], objective=objective, checkpoint_meta=epoch_meta)
+    history = dev_hook.history
+    trained = [h for h in history if h["epoch"] > 0]
+    best = max(trained, key=lambda h: _selection_value(h["dev"], spec.metric))
+    if np.isinf(_selection_value(best["dev"], spec.metric)):
+        raise ConfigError(f"task {spec.name!r}: the dev metric {spec.metric} was NaN in every epoch")
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), result.state.params)
+    _, _, best_params = artifacts.load_model_tree(workdir / "checkpoints", shardings=target)
+    test = score_predictions(spec.head, predictor(best_params, splits["test"]), splits["test"].labels)
+    outcome = FinetuneResult(task=spec.name, metric=spec.metric, head=head, best_epoch=best["epoch"],
+                             dev=best["dev"], test=test, history=history, params=best_params, workdir=workdir)
     if jax.process_index() == 0:
-        (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    report(f"[{spec.name}] best dev epoch {best_epoch}; test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
-    return result
+        (workdir / "result.json").write_text(json.dumps(outcome.to_json(), indent=2) + "\n")
+    report(f"[{spec.name}] best dev epoch {best['epoch']}; test " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
+    return outcome
+
+
+def _param_shardings(objective, optimizer: OptimizerConfig, mesh):
+    from bilingual.optim import make_optimizer
+    from bilingual.training import sharded
+
+    example = np.zeros((1, 8), np.int32)
+    return sharded.state_shardings(objective.model, make_optimizer(optimizer), mesh, example).params

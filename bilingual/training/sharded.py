@@ -40,11 +40,13 @@ def state_shardings(model: nn.Module, tx, mesh: Mesh, example_ids, rules=shardin
 
 
 def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
-               encoder_params: Optional[Any] = None, rules=sharding.LOGICAL_RULES):
+               encoder_params: Optional[Any] = None, merge: Optional[Callable] = None,
+               rules=sharding.LOGICAL_RULES):
     """A fresh, sharded train state; each device materialises only its shards.
 
-    ``encoder_params`` (e.g. from the previous stage or an imported checkpoint) replace the encoder's
-    initial parameters: the whole tree for ``JinaBert``, the ``bert`` subtree for the masked-LM model.
+    ``encoder_params`` (e.g. from the previous stage or an imported checkpoint) go into the initial
+    parameters through ``merge(fresh_params, encoder_params)`` (traced inside the sharded init, so they land
+    straight in their shards; ``objectives.replace_encoder`` for the stages, a head merge for fine-tuning).
     The optimiser state always starts fresh.
     """
     shardings = state_shardings(model, tx, mesh, example_ids, rules)
@@ -52,31 +54,12 @@ def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
     def init(key):
         params = nn.meta.unbox(model.init(key, example_ids)["params"])
         if encoder_params is not None:
-            params = _replace_encoder(params, encoder_params)
+            params = merge(params, encoder_params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     with sharding.sharding_context(mesh, rules):
         state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
-
-
-def _replace_encoder(params, encoder_params):
-    target = params["bert"] if "bert" in params else params
-    expected = jax.tree.map(lambda x: tuple(x.shape), target)
-    given = jax.tree.map(lambda x: tuple(np.shape(x)), encoder_params)
-    if expected != given:
-        raise ValueError("initial encoder parameters do not match the model: expected shapes "
-                         f"{_diff(expected, given)}")
-    encoder_params = jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), encoder_params, target)
-    return {**params, "bert": encoder_params} if "bert" in params else encoder_params
-
-
-def _diff(expected, given) -> str:
-    from flax import traverse_util
-    e, g = traverse_util.flatten_dict(expected), traverse_util.flatten_dict(given)
-    lines = [f"{'/'.join(k)}: model {e.get(k)} vs given {g.get(k)}" for k in sorted(set(e) | set(g))
-             if e.get(k) != g.get(k)]
-    return "; ".join(lines[:10]) + (f" (+{len(lines) - 10} more)" if len(lines) > 10 else "")
 
 
 def batch_shardings(mesh: Mesh, batch) -> dict:

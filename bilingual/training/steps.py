@@ -98,7 +98,7 @@ def contrastive_loss_fn(task_type: str, batch, config: StepConfig) -> Callable:
     raise ValueError(f"no contrastive loss for task type {task_type!r}")
 
 
-def _apply_updates(tx, state: TrainState, grads, loss, metrics):
+def apply_updates(tx, state: TrainState, grads, loss, metrics):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
@@ -118,7 +118,7 @@ def make_contrastive_step(model: JinaBert, tx: optax.GradientTransformation, tas
                 embed, loss_fn, state.params, views, rng, num_chunks=config.gradcache_chunks, groups=groups)
         else:
             (loss, metrics), grads = gradcache.plain_value_and_grad(embed, loss_fn, state.params, views, rng)
-        return _apply_updates(tx, state, grads, loss, metrics)
+        return apply_updates(tx, state, grads, loss, metrics)
 
     return step
 
@@ -148,11 +148,7 @@ def make_mlm_step(model: JinaBertForMaskedLM, tx: optax.GradientTransformation, 
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         metrics = {**metrics, "mlm_dropped": jnp.sum(weights) - jnp.sum(sel_weights)}
-        return _apply_updates(tx, state, grads, loss, metrics)
+        return apply_updates(tx, state, grads, loss, metrics)
 
     return step
 
-
-def model_for_stage(stage: str, encoder_config):
-    """The Flax module a stage trains: the masked-LM model for ``mlm``, the encoder otherwise."""
-    return JinaBertForMaskedLM(encoder_config) if stage == "mlm" else JinaBert(encoder_config)

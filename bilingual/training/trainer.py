@@ -1,42 +1,42 @@
-"""The trainer: one loop for the three stages, read top to bottom.
+"""The trainer: one loop for every stage, read top to bottom.
 
-    config -> checks that fail before compiling -> mesh, model, optimiser -> state (resumed, initialised
-    from the previous stage, or fresh) -> per task type: compile once, print memory -> loop: batch, step,
-    log, evaluate, checkpoint; SIGTERM saves and stops cleanly.
+    config -> checks that fail before compiling -> mesh, objective (model, steps), optimiser -> state
+    (resumed, initialised from the previous stage, or fresh) -> loop: batch, compile once per batch shape,
+    step, hooks (metrics, evaluation, checkpoint: each decides when to act); SIGTERM saves and stops.
 
-Stages (TRAINING.md): ``mlm`` trains ``JinaBertForMaskedLM``; ``pairs`` and ``multitask`` train
-``JinaBert`` with contrastive / STS losses, each batch's ``task_type`` picking its compiled step.
-The batch iterator is any object with ``__next__`` (dicts of host-local numpy arrays plus ``task`` and
-``task_type`` strings, as ``tasks.batching`` yields) and ``get_state()`` / ``set_state(state)``.
+The objective (``objectives.py``) is all that differs between stages: ``mlm`` trains the masked-LM model,
+``pairs`` / ``multitask`` the encoder with contrastive and STS losses, ``finetune`` a head model
+(``finetune.py`` builds its objective, batches and dev hook and calls ``train``). The batch iterator is any
+object with ``__next__`` (dicts of host-local numpy arrays plus ``task`` and ``task_type`` strings, as
+``tasks.batching`` yields) and ``get_state()`` / ``set_state(state)``.
+
+``TrainConfig.batch_size`` is always the global batch (every process passes its own
+``batch_size / process_count`` rows). ``OptimizerConfig.total_steps`` defaults to ``num_steps``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import signal
+import threading
 import time
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from bilingual import checkpoints, flops, sharding
-from bilingual.config import EncoderConfig
+from bilingual import artifacts, flops, sharding
+from bilingual.config import ConfigError, EncoderConfig
 from bilingual.optim import OptimizerConfig, make_optimizer, make_schedule
-from bilingual.training import sharded, steps
-from bilingual.training.checkpointing import TrainCheckpointer
+from bilingual.training import objectives, sharded, steps
+from bilingual.training.hooks import CheckpointHook, Hook, StepEvent
 from bilingual.training.metrics_log import MetricsLog
 
 log = logging.getLogger("bilingual.train")
 
-# Fields that define the parameters; dropout, dtype, attention implementation may change between stages.
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                       "feed_forward_type", "type_vocab_size", "qk_layernorm", "layer_layout")
-STAGES = {"mlm": ("mlm",), "pairs": ("pairs",), "multitask": ("pairs", "retrieval", "sts")}
+STAGES = objectives.STAGES
 
 
 class BatchIterator(Protocol):
@@ -47,7 +47,12 @@ class BatchIterator(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs besides its data. ``batch_size`` is the global batch."""
+    """Everything a run needs besides its data. ``batch_size`` is the global batch.
+
+    ``tokenizer``: the run's tokenizer directory, recorded with every checkpoint (and its vocabulary must
+    fit ``model.vocab_size``). ``keep_best``: a logged metric name (e.g. ``dev/accuracy``); when set, a
+    checkpoint is written only when that metric improves, so the kept one is the best (fine-tuning).
+    """
 
     stage: str
     model: EncoderConfig
@@ -63,181 +68,168 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     init_from: Optional[str] = None
+    tokenizer: Optional[str] = None
+    keep_best: Optional[str] = None
     peak_flops_per_device: Optional[float] = None
 
-
-class ConfigurationError(ValueError):
-    """A run that cannot work; raised before anything is compiled."""
+    def resolved(self) -> "TrainConfig":
+        """This config with derived values filled in: the schedule length defaults to ``num_steps``."""
+        if self.optimizer.total_steps is None:
+            return dataclasses.replace(self, optimizer=dataclasses.replace(self.optimizer, total_steps=self.num_steps))
+        return self
 
 
 def validate(config: TrainConfig, mesh) -> None:
     """One-line reasons for configurations that cannot work."""
     if config.stage not in STAGES:
-        raise ConfigurationError(f"TrainConfig.stage={config.stage!r} is unknown; expected one of {tuple(STAGES)}")
+        raise ConfigError(f"TrainConfig.stage={config.stage!r} is unknown; expected one of {tuple(STAGES)}")
     divisor = sharding.batch_divisor(mesh)
     if config.batch_size % divisor:
-        raise ConfigurationError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
-                                 f"data-parallel size {divisor} (mesh {dict(mesh.shape)})")
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
+                          f"data-parallel size {divisor} (mesh {dict(mesh.shape)})")
     if config.batch_size % jax.process_count():
-        raise ConfigurationError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
-                                 f"{jax.process_count()} processes")
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
+                          f"{jax.process_count()} processes")
     chunks = config.step.gradcache_chunks
     if chunks < 1 or (chunks > 1 and config.batch_size % (chunks * divisor)):
-        raise ConfigurationError(f"StepConfig.gradcache_chunks={chunks}: the batch of {config.batch_size} must "
-                                 f"split into {chunks} chunks x {divisor} batch shards")
+        raise ConfigError(f"StepConfig.gradcache_chunks={chunks}: the batch of {config.batch_size} must "
+                          f"split into {chunks} chunks x {divisor} batch shards")
     if config.num_steps < 1:
-        raise ConfigurationError(f"TrainConfig.num_steps must be >= 1, got {config.num_steps}")
+        raise ConfigError(f"TrainConfig.num_steps must be >= 1, got {config.num_steps}")
+    if config.optimizer.total_steps < config.num_steps:
+        raise ConfigError(f"OptimizerConfig.total_steps={config.optimizer.total_steps} is shorter than "
+                          f"TrainConfig.num_steps={config.num_steps} (leave it unset: it defaults to num_steps)")
     if config.step.sts_loss not in ("pearson", "mse"):
-        raise ConfigurationError(f"StepConfig.sts_loss={config.step.sts_loss!r}: expected 'pearson' or 'mse'")
-    if config.init_from is not None and not checkpoints.as_path(config.init_from).exists():
-        raise ConfigurationError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
-                                 "stage's checkpoint directory or a Hugging Face export)")
+        raise ConfigError(f"StepConfig.sts_loss={config.step.sts_loss!r}: expected 'pearson' or 'mse'")
+    if config.init_from is not None and not artifacts.as_path(config.init_from).exists():
+        raise ConfigError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
+                          "stage's checkpoint directory or a Hugging Face export)")
+    if config.tokenizer is not None:
+        from bilingual import tokenizer as tokenizer_lib
 
-
-def load_initial_encoder(path: str) -> tuple[EncoderConfig, Any]:
-    """Encoder parameters from an orbax checkpoint (any stage) or a Hugging Face export directory."""
-    path_obj = checkpoints.as_path(path)
-    if (path_obj / "config.json").exists():
-        from bilingual.export.hf_import import import_hf  # the HF layout, when an export is given
-        config, params, _ = import_hf(path_obj)
-        return config, params
-    return checkpoints.load_encoder(path_obj)
-
-
-def load_matching_encoder(path: str, model: EncoderConfig, key: str) -> Any:
-    """Encoder parameters at ``path`` (``load_initial_encoder``), after checking they have the architecture
-    of ``model``; ``key`` names the config field in the error."""
-    init_config, encoder_params = load_initial_encoder(path)
-    different = {f: (getattr(init_config, f), getattr(model, f)) for f in ARCHITECTURE_FIELDS
-                 if getattr(init_config, f) != getattr(model, f)}
-    if different:
-        raise ConfigurationError(f"{key}={path!r} holds a different architecture (checkpoint vs run): {different}")
-    return encoder_params
+        size = tokenizer_lib.load(config.tokenizer).get_vocab_size()
+        if size > config.model.vocab_size:
+            raise ConfigError(f"TrainConfig.tokenizer={config.tokenizer!r} has {size} tokens, more than "
+                              f"encoder.vocab_size={config.model.vocab_size}")
 
 
 @dataclasses.dataclass
 class TrainResult:
     state: steps.TrainState
-    history: list[dict]
+    history: list[dict]  # the metrics log's records, one per log window
     workdir: Any  # etils.epath.Path
 
 
-def train(config: TrainConfig, workdir, batches: BatchIterator, *,
-          eval_hook: Optional[Callable[[int, EncoderConfig, Any], dict]] = None,
-          operative_config: str = "", stop_after: Optional[int] = None) -> TrainResult:
+def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequence[Hook] = (),
+          objective: Optional[objectives.Objective] = None, operative_config: str = "",
+          checkpoint_meta: Optional[Callable[[StepEvent], dict]] = None,
+          stop_after: Optional[int] = None) -> TrainResult:
     """Run (or resume) the stage in ``workdir`` until ``config.num_steps``.
 
-    ``stop_after`` ends the loop early at that step with a checkpoint, as a preemption would (tests).
+    ``hooks`` (e.g. an ``EvalHook``) run after the metrics log and before the checkpoint hook every step.
+    ``objective`` defaults to the one of ``config.stage``; ``checkpoint_meta(event)`` adds to the metadata of
+    each checkpoint (fine-tuning records the epoch and its dev metrics). ``stop_after`` ends the loop early at that step
+    with a checkpoint, as a preemption would (tests).
     """
-    workdir = checkpoints.as_path(workdir)  # local or gs://
+    config = config.resolved()
+    workdir = artifacts.as_path(workdir)  # local or gs://
     mesh = sharding.make_mesh(config.mesh)
     validate(config, mesh)
-    model = steps.model_for_stage(config.stage, config.model)
+    objective = objective or objectives.for_stage(config.stage, config.model, config.step)
     tx = make_optimizer(config.optimizer)
     example_ids = jnp.zeros((1, 8), jnp.int32)
-    shardings = sharded.state_shardings(model, tx, mesh, example_ids)
+    shardings = sharded.state_shardings(objective.model, tx, mesh, example_ids)
 
     workdir.mkdir(parents=True, exist_ok=True)
     if operative_config and jax.process_index() == 0:
         (workdir / "operative_config.gin").write_text(operative_config)
-    checkpointer = TrainCheckpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
-                                     async_save=config.async_checkpoints)
-    meta = {"encoder_config": config.model.to_dict(), "stage": config.stage,
-            "model": "masked_lm" if config.stage == "mlm" else "encoder"}
+    checkpointer = artifacts.TrainCheckpointer(
+        workdir / "checkpoints", keep=1 if config.keep_best else config.keep_checkpoints,
+        async_save=config.async_checkpoints and not config.keep_best, tokenizer=config.tokenizer)
+    meta = {"encoder_config": config.model.to_dict(), "stage": config.stage, "model": objective.model_kind,
+            **objective.meta}
 
     # State: resume this run, else start from the previous stage / an import, else fresh.
     resume_step = checkpointer.latest_step()
     if resume_step is not None:
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                nn.meta.unbox(sharded.abstract_state(model, tx, example_ids)), shardings)
+                                nn.meta.unbox(sharded.abstract_state(objective.model, tx, example_ids)), shardings)
         state, _, data_state = checkpointer.restore(resume_step, abstract)
         batches.set_state(data_state)
         log.info("resumed from %s at step %d", checkpointer.directory / str(resume_step), resume_step)
     else:
         encoder_params = None
         if config.init_from:
-            encoder_params = load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
-        state, _ = sharded.init_state(model, tx, mesh, jax.random.key(config.seed), example_ids, encoder_params)
+            encoder_params = artifacts.load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
+        state, _ = sharded.init_state(objective.model, tx, mesh, jax.random.key(config.seed), example_ids,
+                                      encoder_params, merge=objective.merge_encoder)
 
     groups = sharding.batch_divisor(mesh)
-    step_fns = {t: (steps.make_mlm_step(model, tx, config.step) if t == "mlm"
-                    else steps.make_contrastive_step(model, tx, t, config.step, groups=groups))
-                for t in STAGES[config.stage]}
-    compiled: dict[str, Any] = {}
-    schedule = make_schedule(config.optimizer)
+    step_fns = {t: objective.make_step(t, tx, groups) for t in objective.task_types}
+    compiled: dict[tuple, Any] = {}
     peak = config.peak_flops_per_device or flops.device_peak_flops(jax.devices()[0]) or flops.measure_matmul_peak()
     metrics_log = MetricsLog(workdir / "tensorboard", total_steps=config.num_steps,
-                             peak_flops=peak * jax.device_count())
+                             peak_flops=peak * jax.device_count(), log_every=config.log_every,
+                             flops=lambda t, b: objective.flops(t, _global_shapes(b)),
+                             learning_rate=make_schedule(config.optimizer))
+    checkpoint_hook = CheckpointHook(checkpointer, every=config.checkpoint_every,
+                                     meta=lambda event: {**meta, **(checkpoint_meta(event) if checkpoint_meta else {})},
+                                     data_state=batches.get_state, best=config.keep_best)
+    all_hooks = [metrics_log, *hooks, checkpoint_hook]
+
+    def event_for(step, **fields) -> StepEvent:
+        return StepEvent(step=step, num_steps=config.num_steps, state=state, mesh=mesh, model_config=config.model,
+                         encoder_params=lambda: objective.encoder_params(state.params), **fields)
 
     stop = {"signal": None}
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
-        if _in_main_thread() else None
-    history: list[dict] = []
+        if threading.current_thread() is threading.main_thread() else None
     base_key = jax.random.key(config.seed)
     step = int(state.step)
     try:
+        _run_hooks(all_hooks, event_for(step), metrics_log, start=True)
         while step < config.num_steps:
             host_batch = next(batches)
             task_type = host_batch["task_type"]
             if task_type not in step_fns:
-                raise ConfigurationError(f"stage {config.stage!r} got a batch of task type {task_type!r} "
-                                         f"(task {host_batch.get('task')!r}); expected {tuple(step_fns)}")
-            arrays = {k: v for k, v in host_batch.items() if k in steps.batch_keys(task_type)}
-            global_batch = _global_shapes(arrays)
-            if task_type not in compiled:
-                compiled[task_type], memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state,
-                                                                   global_batch)
+                raise ConfigError(f"stage {config.stage!r} got a batch of task type {task_type!r} "
+                                  f"(task {host_batch.get('task')!r}); expected {tuple(step_fns)}")
+            arrays = {k: v for k, v in host_batch.items() if k in objective.batch_keys(task_type)}
+            key = (task_type,) + tuple(sorted((k, v.shape) for k, v in arrays.items()))
+            if key not in compiled:
+                compiled[key], memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state,
+                                                             _global_shapes(arrays))
                 log.info("compiled the %s step: %s", task_type, sharded.describe_memory(memory))
                 print(f"[{config.stage}] compiled {task_type} step; {sharded.describe_memory(memory)}", flush=True)
             start = time.perf_counter()
-            state, metrics = compiled[task_type](state, sharded.put_batch(mesh, arrays),
-                                                 jax.random.fold_in(base_key, step))
+            state, metrics = compiled[key](state, sharded.put_batch(mesh, arrays), jax.random.fold_in(base_key, step))
             step += 1
-            record = metrics_log.record(step, task_type, metrics, arrays, start,
-                                        train_flops=_train_flops(config, task_type, global_batch),
-                                        learning_rate=float(schedule(step - 1)),
-                                        flush=step % config.log_every == 0 or step == config.num_steps)
-            if record:
-                history.append(record)
-            if eval_hook and config.eval_every and (step % config.eval_every == 0 or step == config.num_steps):
-                encoder = state.params["bert"] if config.stage == "mlm" else state.params
-                metrics_log.write_eval(step, eval_hook(step, config.model, encoder))
-            preempted = stop["signal"] is not None or (stop_after is not None and step >= stop_after)
-            if step % config.checkpoint_every == 0 or step == config.num_steps or preempted:
-                checkpointer.save(state, meta, batches.get_state(), force=preempted or step == config.num_steps)
-            if preempted:
+            stopping = stop["signal"] is not None or (stop_after is not None and step >= stop_after)
+            event = event_for(step, last=step == config.num_steps, stopping=stopping and step < config.num_steps,
+                              task_type=task_type, metrics=metrics, batch=arrays, started=start)
+            _run_hooks(all_hooks, event, metrics_log)
+            if stopping:
                 log.warning("stopping at step %d (%s); checkpoint saved", step,
                             "SIGTERM" if stop["signal"] else "stop_after")
                 break
     finally:
-        checkpointer.close()
-        metrics_log.close()
+        for hook in all_hooks:
+            hook.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
-    return TrainResult(state=state, history=history, workdir=workdir)
+    return TrainResult(state=state, history=metrics_log.history, workdir=workdir)
+
+
+def _run_hooks(hooks: Sequence[Hook], event: StepEvent, metrics_log: MetricsLog, start: bool = False) -> None:
+    """Each hook in order; what one returns is logged and visible to the next ones (``event.logged``)."""
+    for hook in hooks:
+        scalars = hook.start(event) if start else hook(event)
+        if scalars:
+            event.logged.update(scalars)
+            metrics_log.write(event.step, scalars)
 
 
 def _global_shapes(local: dict) -> dict:
     """Host-local arrays -> global ``ShapeDtypeStruct`` (the batch axis times the process count)."""
     n = jax.process_count()
     return {k: jax.ShapeDtypeStruct((v.shape[0] * n,) + v.shape[1:], v.dtype) for k, v in local.items()}
-
-
-def _train_flops(config: TrainConfig, task_type: str, batch: dict) -> float:
-    """Matmul FLOPs of one step on the global batch (3x forward; GradCache adds a forward)."""
-    model = config.model
-    if task_type == "mlm":
-        b, length = batch["input_ids"].shape
-        positions = b * (config.step.max_predictions or length)
-        return 3 * (flops.encoder_forward_flops(model, b, length) + flops.mlm_head_forward_flops(model, positions))
-    factor = 4 if config.step.gradcache_chunks > 1 else 3
-    total = 0.0
-    for ids_key, _ in steps.CONTRASTIVE_VIEWS[task_type].values():
-        shape = batch[ids_key].shape
-        total += flops.encoder_forward_flops(model, math.prod(shape[:-1]), shape[-1])
-    return factor * total
-
-
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
