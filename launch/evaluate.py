@@ -122,13 +122,13 @@ def main(argv=None) -> int:
     if not args.model:
         parser.error("--model is required (or use --compare A.json B.json)")
     from bilingual.artifacts import CheckpointError
-    from bilingual.evaluation.data_files import EvalDataError
     from bilingual.evaluation.suites import SuiteError
+    from bilingual.rows import DataError
 
     try:
         result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
                           args.limit, args.suites_file, args.dtype, log=lambda m: print(m, file=sys.stderr))
-    except (CheckpointError, EvalDataError, SuiteError, FileNotFoundError) as err:
+    except (CheckpointError, DataError, SuiteError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_results_table(result))

@@ -2,7 +2,8 @@
 
 Plain Python + numpy + the Hugging Face ``tokenizers`` tokenizer (no seqio): the sets are small and every
 epoch reshuffles them in memory. Formats are the uniform TSVs of ``shared/data`` (its README), with one
-header line; errors name the file and the 1-based line (the header is line 1):
+header line; errors (:class:`bilingual.rows.DataError`) name the file and the 1-based line (the header is
+line 1), or the task-spec field:
 
 - classification: ``label  text`` (extra columns such as SIB-200's ``index_id`` are ignored);
 - pair classification: ``sentence1  sentence2  label`` (or ``premise/hypothesis``, ``question/sentence``;
@@ -32,7 +33,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from bilingual.evaluation.data_files import PAIR_COLUMNS, EvalDataError, read_tsv
+from bilingual.evaluation.data_files import PAIR_COLUMNS
+from bilingual.rows import DataError, read_headed_tsv, valid_number, valid_text
 # tokenising and batching live in the library (the finetune stage uses them); re-exported for data users
 from bilingual.training.finetune_batches import (DEFAULT_BUCKETS, TokenizedSplit, batch_order,  # noqa: F401
                                                  bucket_length, iterate_batches, num_batches, tokenize)
@@ -47,11 +49,6 @@ INPUTS = ("text", "pair")
 METRICS = ("accuracy", "macro_f1", "spearman", "pearson")
 # Powers of two from 64: on a CPU each new shape costs seconds of compilation, more than its padding.
 SIB200_LABELS = ("science/technology", "travel", "politics", "sports", "health", "entertainment", "geography")
-
-
-class FinetuneDataError(EvalDataError):
-    """Malformed fine-tuning data, an unusable task spec, or a transfer run that would see the target
-    language; the message names the file (and line) or the spec field."""
 
 
 # --------------------------------------------------------------------------------------------- tasks
@@ -84,16 +81,16 @@ class TaskSpec:
 
     def __post_init__(self):
         if self.head not in HEAD_TASKS:
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: head={self.head!r}, expected one of {HEAD_TASKS}")
+            raise DataError(None, f"TaskSpec {self.name!r}: head={self.head!r}, expected one of {HEAD_TASKS}")
         if self.inputs not in INPUTS:
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: inputs={self.inputs!r}, expected one of {INPUTS}")
+            raise DataError(None, f"TaskSpec {self.name!r}: inputs={self.inputs!r}, expected one of {INPUTS}")
         if self.metric not in METRICS:
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: metric={self.metric!r}, expected one of {METRICS}")
+            raise DataError(None, f"TaskSpec {self.name!r}: metric={self.metric!r}, expected one of {METRICS}")
         if self.head == "regression" and self.metric not in ("spearman", "pearson"):
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: metric={self.metric!r}, but a regression task is "
+            raise DataError(None, f"TaskSpec {self.name!r}: metric={self.metric!r}, but a regression task is "
                                     "scored by spearman or pearson")
         if self.dev is None and not 0.0 < self.dev_fraction < 1.0:
-            raise FinetuneDataError(f"TaskSpec {self.name!r}: without a dev file, dev_fraction must be in (0, 1)")
+            raise DataError(None, f"TaskSpec {self.name!r}: without a dev file, dev_fraction must be in (0, 1)")
 
     @property
     def source_language(self) -> str:
@@ -142,7 +139,7 @@ def get_tasks(names: Sequence[str] | None = None) -> list[TaskSpec]:
     names = list(names or DEFAULT_SUITE)
     unknown = [n for n in names if n not in BENCHMARK_TASKS]
     if unknown:
-        raise FinetuneDataError(f"unknown fine-tuning task(s) {unknown}; known: {sorted(BENCHMARK_TASKS)}")
+        raise DataError(None, f"unknown fine-tuning task(s) {unknown}; known: {sorted(BENCHMARK_TASKS)}")
     return [BENCHMARK_TASKS[n] for n in names]
 
 
@@ -185,19 +182,14 @@ def _text_columns(path, header: list[str]) -> tuple[int, int]:
         return named[0]
     others = [i for i, name in enumerate(header) if name not in ("label", "score", "id", "index_id")]
     if len(others) < 2:
-        raise FinetuneDataError(f"{path}:1: header {header} has no two text columns for a pair task "
-                                f"(expected one of {[list(p) for p in PAIR_COLUMNS]})")
+        raise DataError(path, f"header {header} has no two text columns for a pair task "
+                              f"(expected one of {[list(p) for p in PAIR_COLUMNS]})", 1)
     return others[0], others[1]
-
-
-def _check_text(path, number: int, *cells: str) -> None:
-    if any(not c.strip() for c in cells):
-        raise FinetuneDataError(f"{path}:{number}: empty text")
 
 
 def read_label_set(path, spec_name: str = "") -> tuple[str, ...]:
     """The sorted label strings of a headed TSV's ``label`` column (for specs without ``labels``)."""
-    header, body = read_tsv(path, required=("label",))
+    header, body = read_headed_tsv(path, required=("label",))
     i = header.index("label")
     return tuple(sorted({cells[i].strip() for _, cells in body}))
 
@@ -208,42 +200,36 @@ def load_examples(path, spec: TaskSpec, labels: Optional[Sequence[str]] = None) 
     path = pathlib.Path(path)
     texts, pairs, values, lines = [], [], [], []
     if spec.head == "regression":
-        header, body = read_tsv(path, required=("score",), min_columns=3)
+        header, body = read_headed_tsv(path, required=("score",), min_columns=3)
         i1, i2 = _text_columns(path, header)
         iscore = header.index("score")
         low, high = spec.score_range
         for number, cells in body:
-            _check_text(path, number, cells[i1], cells[i2])
-            try:
-                score = float(cells[iscore])
-            except ValueError:
-                raise FinetuneDataError(f"{path}:{number}: score {cells[iscore]!r} is not a number") from None
-            if not low <= score <= high:
-                raise FinetuneDataError(f"{path}:{number}: score {score} outside the range [{low}, {high}]")
-            texts.append(cells[i1]), pairs.append(cells[i2]), lines.append(number)
+            texts.append(valid_text(cells[i1], path, number, header[i1]))
+            pairs.append(valid_text(cells[i2], path, number, header[i2]))
+            score = valid_number(cells[iscore], path, number, "score", spec.score_range)
+            lines.append(number)
             values.append((score - low) / (high - low))
         return Examples(texts, pairs, np.asarray(values, np.float32), str(path), lines)
 
     labels = labels if labels is not None else spec.labels
     if labels is None:
-        raise FinetuneDataError(f"TaskSpec {spec.name!r}: a classification file needs its label list")
+        raise DataError(None, f"TaskSpec {spec.name!r}: a classification file needs its label list")
     label_ids = {label: i for i, label in enumerate(labels)}
     if spec.inputs == "text":
-        header, body = read_tsv(path, required=("label", "text"))
+        header, body = read_headed_tsv(path, required=("label", "text"))
         i1, i2 = header.index("text"), None
     else:
-        header, body = read_tsv(path, required=("label",), min_columns=3)
+        header, body = read_headed_tsv(path, required=("label",), min_columns=3)
         i1, i2 = _text_columns(path, header)
     ilabel = header.index("label")
     for number, cells in body:
         label = cells[ilabel].strip()
         if label not in label_ids:
-            raise FinetuneDataError(f"{path}:{number}: label {label!r} is not one of {list(labels)} "
-                                    f"(task {spec.name!r})")
-        _check_text(path, number, cells[i1], *([cells[i2]] if i2 is not None else []))
-        texts.append(cells[i1])
+            raise DataError(path, f"label {label!r} is not one of {list(labels)} (task {spec.name!r})", number)
+        texts.append(valid_text(cells[i1], path, number, header[i1]))
         if i2 is not None:
-            pairs.append(cells[i2])
+            pairs.append(valid_text(cells[i2], path, number, header[i2]))
         values.append(label_ids[label])
         lines.append(number)
     return Examples(texts, pairs if i2 is not None else None, np.asarray(values, np.int64), str(path), lines)
@@ -275,7 +261,7 @@ def split_off_dev(examples: Examples, fraction: float, seed: int = 0) -> tuple[E
     dev_idx = [i for i, k in enumerate(keys) if k in dev_groups]
     train_idx = [i for i, k in enumerate(keys) if k not in dev_groups]
     if not train_idx:
-        raise FinetuneDataError(f"{examples.path}: too few rows to hold out a dev part ({len(examples)} rows)")
+        raise DataError(examples.path, f"too few rows to hold out a dev part ({len(examples)} rows)")
     return examples.subset(train_idx), examples.subset(dev_idx)
 
 
@@ -290,13 +276,13 @@ def load_task(spec: TaskSpec, data_root=None) -> TaskData:
              (("train", spec.train), ("dev", spec.dev), ("test", spec.test)) if rel}
     missing = [f"{role}={p}" for role, p in paths.items() if not p.is_file()]
     if missing:
-        raise FinetuneDataError(f"task {spec.name!r}: missing file(s) under data root {data_root}: "
-                                f"{', '.join(missing)}")
+        raise DataError(None, f"task {spec.name!r}: missing file(s) under data root {data_root}: "
+                              f"{', '.join(missing)}")
     labels = None
     if spec.head == "classification":
         labels = tuple(spec.labels) if spec.labels else read_label_set(paths["train"], spec.name)
         if len(labels) < 2:
-            raise FinetuneDataError(f"{paths['train']}: task {spec.name!r} needs at least two labels, got {labels}")
+            raise DataError(paths["train"], f"task {spec.name!r} needs at least two labels, got {labels}")
     train = load_examples(paths["train"], spec, labels)
     test = load_examples(paths["test"], spec, labels)
     if "dev" in paths:
@@ -382,7 +368,7 @@ def _normalise(text: str) -> str:
 
 
 def check_transfer(spec: TaskSpec, train: Examples, dev: Examples, test: Examples) -> None:
-    """Raise :class:`FinetuneDataError` unless no train/dev example of a transfer task is in the target
+    """Raise :class:`bilingual.rows.DataError` unless no train/dev example of a transfer task is in the target
     language: the file names' language tags, the per-example stop-word guess (at most ``MAX_TARGET_SHARE``
     of the examples, and the file's majority language must be the source language) and exact text overlap
     (case- and whitespace-insensitive) with the target test set."""
@@ -391,29 +377,29 @@ def check_transfer(spec: TaskSpec, train: Examples, dev: Examples, test: Example
     for role, part in (("train", train), ("dev", dev)):
         tag = _language_tag(part.path)
         if tag is not None and target in tag:
-            raise FinetuneDataError(f"{part.path}: the {role} file of zero-shot task {spec.name!r} is tagged "
-                                    f"{sorted(tag)}, which includes the target language {target!r}")
+            raise DataError(part.path, f"the {role} file of zero-shot task {spec.name!r} is tagged {sorted(tag)}, "
+                                       f"which includes the target language {target!r}")
         if tag is not None and source not in tag:
-            raise FinetuneDataError(f"{part.path}: the {role} file of task {spec.name!r} is tagged {sorted(tag)}, "
-                                    f"not the source language {source!r}")
+            raise DataError(part.path, f"the {role} file of task {spec.name!r} is tagged {sorted(tag)}, "
+                                       f"not the source language {source!r}")
         texts = part.texts + (part.pairs or [])
         shared = [(line, t) for line, t in zip(part.lines * (2 if part.pairs else 1), texts)
                   if _normalise(t) in test_texts]
         if shared:
             line, text = shared[0]
-            raise FinetuneDataError(f"{part.path}:{line}: {len(shared)} {role} text(s) of zero-shot task "
-                                    f"{spec.name!r} also occur in the target test set {test.path}, e.g. {text!r}")
+            raise DataError(part.path, f"{len(shared)} {role} text(s) of zero-shot task {spec.name!r} also occur "
+                                       f"in the target test set {test.path}, e.g. {text!r}", line)
         if target in STOPWORDS:
             guesses = [guess_language(t) for t in texts]
             hits = [line for line, g in zip(part.lines * (2 if part.pairs else 1), guesses) if g == target]
             if len(hits) > MAX_TARGET_SHARE * len(texts):
-                raise FinetuneDataError(
-                    f"{part.path}: {len(hits)} of {len(texts)} {role} texts of zero-shot task {spec.name!r} "
-                    f"read as the target language {target!r} (lines {hits[:5]}...); limit "
-                    f"{MAX_TARGET_SHARE:.0%}")
+                raise DataError(
+                    part.path, f"{len(hits)} of {len(texts)} {role} texts of zero-shot task {spec.name!r} "
+                               f"read as the target language {target!r} (lines {hits[:5]}...); limit "
+                               f"{MAX_TARGET_SHARE:.0%}")
             known = [g for g in guesses if g is not None]
             if source in STOPWORDS and known:
                 majority = max(set(known), key=known.count)
                 if majority != source:
-                    raise FinetuneDataError(f"{part.path}: the {role} examples of task {spec.name!r} read as "
-                                            f"{majority!r}, not the source language {source!r}")
+                    raise DataError(part.path, f"the {role} examples of task {spec.name!r} read as {majority!r}, "
+                                               f"not the source language {source!r}")

@@ -11,10 +11,12 @@ The formats of ``shared/data/README.md`` are the contract:
 Which column/key feeds which feature is configurable (``columns``); TSV columns are named by header or by
 0-based index. Files are found with ``tf.io.gfile.glob``, so local paths, globs and ``gs://`` all work.
 
-Validation: a row with a missing column, an empty text, a score that is not a finite number, too few negatives,
-bad JSON or invalid UTF-8 raises ``DataError("<file>:<line>: <what>")`` (the error reaches the caller wrapped in
-a ``tf.errors`` exception whose message holds that text). With ``on_error="skip"`` such rows are dropped and a
-warning with the count (and the first reason) is logged once per file. Nothing is dropped silently.
+Reading and validation are ``bilingual.rows`` (lines, UTF-8, TSV quoting, the ``on_error`` policy): a row
+with a missing column, an empty text, a score that is not a finite number, too few negatives, bad JSON or
+invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` (the error reaches the caller
+wrapped in a ``tf.errors`` exception whose message holds that text). With ``on_error="skip"`` such rows are
+dropped and a warning with the count (and the first reason) is logged once per file, and counted in
+``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
 
 Sharding: ``list_shards`` returns the files. When a split has at least as many files as hosts, seqio passes the
 shard to ``get_dataset`` and each host reads only its files; otherwise seqio reads the (identically ordered)
@@ -23,18 +25,14 @@ rows and keeps every ``num_shards``-th one (``Task.get_dataset`` decides, see se
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from bilingual.rows import DataError, TsvFile, check_on_error, read_jsonl, read_lines, valid_number, valid_text
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
-
-log = logging.getLogger(__name__)
 
 KINDS = ("text", "pairs", "retrieval", "sts")
 
@@ -51,10 +49,6 @@ DEFAULT_JSON_KEYS = {
     "retrieval": {"query": "query", "passage": "positive", "negatives": "negatives"},
     "sts": {"a": "sentence1", "b": "sentence2", "score": "score"},
 }
-
-
-class DataError(ValueError):
-    """A malformed input row; the message starts with ``<file>:<line>:``."""
 
 
 def output_signature(kind: str) -> dict[str, tf.TensorSpec]:
@@ -111,126 +105,67 @@ class RowParser:
         if fmt not in ("tsv", "jsonl", "text"):
             raise ValueError(f"unknown file_format {fmt!r}")
         if fmt == "text" and self.kind != "text":
-            raise DataError(f"{path}: a {self.kind} source needs .tsv or .jsonl files (or set file_format)")
+            raise DataError(path, f"a {self.kind} source needs .tsv or .jsonl files (or set file_format)")
         return fmt
 
-    def resolve_tsv_columns(self, path: str, header_cells: list[str] | None) -> dict[str, int]:
+    def resolve_tsv_columns(self, tsv: TsvFile) -> dict[str, int]:
         cols = self.columns or DEFAULT_COLUMNS[self.kind]
-        out = {}
-        for feature, col in cols.items():
-            if isinstance(col, int):
-                out[feature] = col
-            elif header_cells is None:
-                raise DataError(f"{path}: column {col!r} given by name but header=False")
-            elif col not in header_cells:
-                raise DataError(f"{path}:1: header {header_cells} has no column {col!r} (for {feature!r})")
-            else:
-                out[feature] = header_cells.index(col)
+        out = {feature: tsv.column(col, feature) for feature, col in cols.items()}
         missing = set(DEFAULT_COLUMNS[self.kind]) - set(out)
         if missing:
             raise ValueError(f"columns lacks {sorted(missing)} for a {self.kind} source")
         return out
 
-    def _text(self, value: Any, where: str, feature: str) -> str:
-        if not isinstance(value, str):
-            raise DataError(f"{where}: {feature!r} is {type(value).__name__}, expected a string")
-        if not value.strip():
-            raise DataError(f"{where}: empty text in {feature!r}")
-        return value
+    def _value(self, feature: str, value: Any, path: str, line: int) -> Any:
+        if feature == "score":
+            return valid_number(value, path, line, "score", self.score_range)
+        return valid_text(value, path, line, feature)
 
-    def _score(self, value: Any, where: str) -> float:
-        try:
-            score = float(value)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: score {value!r} is not a number") from None
-        if not math.isfinite(score):
-            raise DataError(f"{where}: score {value!r} is not finite")
-        if self.score_range and not self.score_range[0] <= score <= self.score_range[1]:
-            raise DataError(f"{where}: score {score} outside {self.score_range}")
-        return score
-
-    def _negatives(self, values: Sequence[Any], where: str) -> list[str]:
-        negatives = [self._text(v, where, "negatives") for v in values]
+    def _negatives(self, values: Sequence[Any], path: str, line: int) -> list[str]:
+        negatives = [valid_text(v, path, line, "negatives") for v in values]
         if len(negatives) < self.num_negatives:
-            raise DataError(f"{where}: {len(negatives)} negatives, the task needs {self.num_negatives}")
+            raise DataError(path, f"{len(negatives)} negatives, the task needs {self.num_negatives}", line)
         return negatives[: self.num_negatives]
 
-    def parse_tsv(self, cells: list[str], cols: dict[str, int], where: str) -> dict[str, Any]:
+    def parse_tsv(self, cells: list[str], cols: dict[str, int], path: str, line: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for feature, i in cols.items():
             if feature == "negatives":
-                out[feature] = self._negatives(cells[i:], where)
-                continue
-            if i >= len(cells):
-                raise DataError(f"{where}: {len(cells)} tab-separated columns, column {i} ({feature!r}) missing")
-            out[feature] = self._score(cells[i], where) if feature == "score" else self._text(cells[i], where,
-                                                                                              feature)
+                out[feature] = self._negatives(cells[i:], path, line)
+            elif i >= len(cells):
+                raise DataError(path, f"{len(cells)} tab-separated columns, column {i} ({feature!r}) missing", line)
+            else:
+                out[feature] = self._value(feature, cells[i], path, line)
         return out
 
-    def parse_json(self, line: str, where: str) -> dict[str, Any]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        keys = self.columns or DEFAULT_JSON_KEYS[self.kind]
+    def parse_json(self, record: dict[str, Any], keys: Mapping[str, str], path: str, line: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for feature, key in keys.items():
-            if key not in record:
-                raise DataError(f"{where}: key {key!r} (for {feature!r}) missing")
             value = record[key]
             if feature == "negatives":
                 if not isinstance(value, list):
-                    raise DataError(f"{where}: {key!r} must be a list of strings")
-                out[feature] = self._negatives(value, where)
-            elif feature == "score":
-                out[feature] = self._score(value, where)
+                    raise DataError(path, f"{key!r} must be a list of strings", line)
+                out[feature] = self._negatives(value, path, line)
             else:
-                out[feature] = self._text(value, where, feature)
+                out[feature] = self._value(feature, value, path, line)
         return out
 
     def rows(self, path: str, on_error: str = "raise") -> Iterator[dict[str, Any]]:
         """Yields the parsed rows of ``path``; see the module docstring for ``on_error``."""
         fmt = self.format_of(path)
-        skipped, first_reason = 0, None
-        cols = None
-        with tf.io.gfile.GFile(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                where = f"{path}:{number}"
-                try:
-                    try:
-                        line = raw.decode("utf-8").rstrip("\r\n")
-                    except UnicodeDecodeError as e:
-                        raise DataError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-                    if fmt == "tsv":
-                        cells = line.split("\t")
-                        if cols is None:
-                            if self.header:
-                                cols = self.resolve_tsv_columns(path, cells)
-                                continue
-                            cols = self.resolve_tsv_columns(path, None)
-                        row = self.parse_tsv(cells, cols, where)
-                    elif fmt == "jsonl":
-                        if not line.strip():
-                            raise DataError(f"{where}: empty line")
-                        row = self.parse_json(line, where)
-                    else:
-                        row = {"text": self._text(line, where, "text")}
-                except DataError as e:
-                    if on_error != "skip" or (fmt == "tsv" and cols is None):
-                        raise
-                    skipped += 1
-                    first_reason = first_reason or str(e)
-                    continue
-                yield row
-        if skipped:
-            log.warning("%s: skipped %d malformed row(s); first: %s", path, skipped, first_reason)
-            SKIPPED_ROWS[path] = SKIPPED_ROWS.get(path, 0) + skipped
-
-
-#: file -> malformed rows skipped so far in this process (with ``on_error="skip"``), also logged.
-SKIPPED_ROWS: dict[str, int] = {}
+        if fmt == "tsv":
+            with TsvFile(path, header=self.header) as tsv:
+                if self.header and tsv.header is None:
+                    return  # an empty file
+                cols = self.resolve_tsv_columns(tsv)
+                yield from tsv.rows(lambda line, cells: self.parse_tsv(cells, cols, path, line), on_error=on_error)
+        elif fmt == "jsonl":
+            keys = self.columns or DEFAULT_JSON_KEYS[self.kind]
+            yield from read_jsonl(path, lambda line, record: self.parse_json(record, keys, path, line),
+                                       required=list(keys.values()), on_error=on_error)
+        else:
+            yield from read_lines(path, lambda line, text: {"text": valid_text(text, path, line, "text")},
+                                       on_error=on_error)
 
 
 class FileSource(seqio.DataSource):
@@ -244,11 +179,9 @@ class FileSource(seqio.DataSource):
 
     def __init__(self, split_to_filepattern: Mapping[str, str | Sequence[str]], parser: RowParser,
                  on_error: str = "raise"):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         super().__init__(splits=tuple(split_to_filepattern), caching_permitted=False)
         self._patterns = {k: [v] if isinstance(v, str) else list(v) for k, v in split_to_filepattern.items()}
-        self.parser, self.on_error = parser, on_error
+        self.parser, self.on_error = parser, check_on_error(on_error)
 
     @property
     def kind(self) -> str:
@@ -307,13 +240,6 @@ class FileSource(seqio.DataSource):
         return f"FileSource({self.kind}, {self._patterns}, on_error={self.on_error!r})"
 
 
-def file_source(kind: str, files: str | Sequence[str] | Mapping[str, str | Sequence[str]], *,
-                on_error: str = "raise", **parser_kwargs) -> FileSource:
-    """Shorthand: ``files`` is a pattern/list (used as the ``train`` split) or a split -> patterns mapping."""
-    splits = files if isinstance(files, Mapping) else {"train": files}
-    return FileSource(splits, RowParser(kind, **parser_kwargs), on_error=on_error)
-
-
 class BeirSource(seqio.DataSource):
     """A BEIR-layout retrieval set as (query, passage) pairs, or as retrieval tuples with hard negatives.
 
@@ -339,7 +265,8 @@ class BeirSource(seqio.DataSource):
         self.kind = "retrieval" if with_negatives.pop() else "pairs"
         if self.kind == "retrieval" and not num_negatives:
             raise ValueError("hard_negatives needs num_negatives >= 1")
-        self.include_title, self.num_negatives, self.on_error = include_title, num_negatives, on_error
+        self.include_title, self.num_negatives = include_title, num_negatives
+        self.on_error = check_on_error(on_error)
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
@@ -349,73 +276,45 @@ class BeirSource(seqio.DataSource):
         return [self._files[split]["qrels"]]
 
     def _jsonl(self, path: str, key: str, fields: Sequence[str]) -> dict[str, Any]:
-        out = {}
-        with tf.io.gfile.GFile(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                where = f"{path}:{number}"
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise DataError(f"{where}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-                for name in (key, *fields):
-                    if name not in record:
-                        raise DataError(f"{where}: key {name!r} missing")
-                out[str(record[key])] = record
-        return out
+        return {str(record[key]): record for _, record in read_jsonl(path, required=(key, *fields))}
 
     def rows(self, split: str) -> Iterator[dict[str, Any]]:
         files = self._files[split]
+        qrels = files["qrels"]
         corpus = self._jsonl(files["corpus"], "_id", ["text"])
         queries = self._jsonl(files["queries"], "_id", ["text"])
         negatives = ({str(r["query-id"]): r["negatives"] for r in
                       self._jsonl(files["hard_negatives"], "query-id", ["negatives"]).values()}
                      if self.kind == "retrieval" else {})
 
-        def passage(doc_id: str, where: str) -> str:
+        def passage(doc_id: str, line: int) -> str:
             if doc_id not in corpus:
-                raise DataError(f"{where}: corpus id {doc_id!r} not in {files['corpus']}")
+                raise DataError(qrels, f"corpus id {doc_id!r} not in {files['corpus']}", line)
             doc = corpus[doc_id]
             text = f"{doc.get('title', '')} {doc['text']}".strip() if self.include_title else doc["text"]
             if not str(text).strip():
-                raise DataError(f"{where}: document {doc_id!r} has empty text")
+                raise DataError(qrels, f"document {doc_id!r} has empty text", line)
             return text
 
-        skipped, first = 0, None
-        with tf.io.gfile.GFile(files["qrels"], "r") as f:
-            for number, line in enumerate(f, start=1):
-                if number == 1:
-                    continue  # header
-                where = f"{files['qrels']}:{number}"
-                try:
-                    cells = line.rstrip("\r\n").split("\t")
-                    if len(cells) < 3:
-                        raise DataError(f"{where}: expected query-id, corpus-id, score; got {len(cells)} columns")
-                    qid, did, score = cells[:3]
-                    try:
-                        if float(score) <= 0:
-                            continue
-                    except ValueError:
-                        raise DataError(f"{where}: score {score!r} is not a number") from None
-                    if qid not in queries:
-                        raise DataError(f"{where}: query id {qid!r} not in {files['queries']}")
-                    row = {"query": queries[qid]["text"], "passage": passage(did, where)}
-                    if self.kind == "retrieval":
-                        ids = [str(n) for n in negatives.get(qid, []) if str(n) != did]
-                        if len(ids) < self.num_negatives:
-                            raise DataError(f"{where}: query {qid!r} has {len(ids)} hard negatives in "
-                                            f"{files['hard_negatives']}, the task needs {self.num_negatives}")
-                        row["negatives"] = [passage(n, where) for n in ids[: self.num_negatives]]
-                except DataError as e:
-                    if self.on_error != "skip":
-                        raise
-                    skipped, first = skipped + 1, first or str(e)
-                    continue
-                yield row
-        if skipped:
-            log.warning("%s: skipped %d malformed row(s); first: %s", files["qrels"], skipped, first)
-            SKIPPED_ROWS[files["qrels"]] = SKIPPED_ROWS.get(files["qrels"], 0) + skipped
+        def parse(line: int, cells: list[str]) -> dict[str, Any] | None:
+            if len(cells) < 3:
+                raise DataError(qrels, f"expected query-id, corpus-id, score; got {len(cells)} columns", line)
+            qid, did, score = cells[:3]
+            if valid_number(score, qrels, line) <= 0:
+                return None  # not a positive
+            if qid not in queries:
+                raise DataError(qrels, f"query id {qid!r} not in {files['queries']}", line)
+            row = {"query": queries[qid]["text"], "passage": passage(did, line)}
+            if self.kind == "retrieval":
+                ids = [str(n) for n in negatives.get(qid, []) if str(n) != did]
+                if len(ids) < self.num_negatives:
+                    raise DataError(qrels, f"query {qid!r} has {len(ids)} hard negatives in "
+                                           f"{files['hard_negatives']}, the task needs {self.num_negatives}", line)
+                row["negatives"] = [passage(n, line) for n in ids[: self.num_negatives]]
+            return row
+
+        with TsvFile(qrels) as tsv:  # the header names no columns we need
+            yield from tsv.rows(parse, on_error=self.on_error)
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,

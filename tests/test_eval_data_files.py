@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from bilingual.evaluation.data_files import (EvalDataError, load_bitext, load_labelled, load_pair_labels,
-                                             load_retrieval, load_sts)
+from bilingual.evaluation.data_files import load_bitext, load_labelled, load_pair_labels, load_retrieval, load_sts
+from bilingual.rows import DataError
 
 
 def _write(path, text):
@@ -30,15 +30,15 @@ def test_sts_loader(tmp_path):
 ])
 def test_sts_loader_errors(tmp_path, body, message):
     f = _write(tmp_path / "sts.tsv", "sentence1\tsentence2\tscore\n" + body)
-    with pytest.raises(EvalDataError, match=message):
+    with pytest.raises(DataError, match=message):
         load_sts(f)
 
 
 def test_missing_file_and_header(tmp_path):
-    with pytest.raises(EvalDataError, match=r"nope.tsv does not exist"):
+    with pytest.raises(DataError, match=r"nope.tsv: no such file"):
         load_sts(tmp_path / "nope.tsv")
     f = _write(tmp_path / "bad.tsv", "a\tb\tc\nx\ty\t1\n")
-    with pytest.raises(EvalDataError, match=r"bad.tsv:1: header .* lacks column\(s\) \['sentence1'"):
+    with pytest.raises(DataError, match=r"bad.tsv:1: header .* lacks column\(s\) \['sentence1'"):
         load_sts(f)
 
 
@@ -53,10 +53,10 @@ def test_pair_labels_loader(tmp_path):
     data = load_pair_labels(id_first)
     assert data.sentences1 == ["P.", "Q."] and data.sentences2 == ["H.", "I."] and data.values.tolist() == [1, 0]
     bad = _write(tmp_path / "bad.tsv", "sentence1\tsentence2\tlabel\nA\tB\tmaybe\n")
-    with pytest.raises(EvalDataError, match=r"bad.tsv:2: label 'maybe'"):
+    with pytest.raises(DataError, match=r"bad.tsv:2: label 'maybe'"):
         load_pair_labels(bad)
     one_class = _write(tmp_path / "one.tsv", "sentence1\tsentence2\tlabel\nA\tB\t1\n")
-    with pytest.raises(EvalDataError, match=r"one.tsv: all pairs have label 1"):
+    with pytest.raises(DataError, match=r"one.tsv: all pairs have label 1"):
         load_pair_labels(one_class)
 
 
@@ -68,10 +68,10 @@ def test_bitext_loaders(tmp_path):
     en = _write(tmp_path / "x.en", "Hello\nYes\n")
     assert load_bitext(de, en).target == ["Hello", "Yes"]
     short = _write(tmp_path / "short.en", "Hello\n")
-    with pytest.raises(EvalDataError, match=r"bitext line counts differ: .*x.de has 2 lines, .*short.en has 1"):
+    with pytest.raises(DataError, match=r"bitext line counts differ: .*x.de has 2 lines, .*short.en has 1"):
         load_bitext(de, short)
     empty_cell = _write(tmp_path / "e.tsv", "de\ten\nHallo\t \n")
-    with pytest.raises(EvalDataError, match=r"e.tsv:2: empty sentence"):
+    with pytest.raises(DataError, match=r"e.tsv:2: empty text in 'en'"):
         load_bitext(empty_cell)
 
 
@@ -79,7 +79,7 @@ def test_labelled_loader(tmp_path):
     f = _write(tmp_path / "sib.tsv", "label\ttext\tindex_id\ntravel\tGo there.\t3\nsports\tPlay.\t4\n")
     data = load_labelled(f)
     assert data.labels == ["travel", "sports"] and data.texts == ["Go there.", "Play."]
-    with pytest.raises(EvalDataError, match=r"sib2.tsv:1: header"):
+    with pytest.raises(DataError, match=r"sib2.tsv:1: header"):
         load_labelled(_write(tmp_path / "sib2.tsv", "category\ttext\nx\ty\n"))
 
 
@@ -101,24 +101,24 @@ def test_retrieval_loader(tmp_path):
 
 
 def test_retrieval_loader_errors(tmp_path):
-    with pytest.raises(EvalDataError, match=r"corpus-de.jsonl: empty corpus"):
+    with pytest.raises(DataError, match=r"corpus-de.jsonl: empty corpus"):
         load_retrieval(*_beir(tmp_path, [], [{"_id": "q", "text": "?"}], [("q", "d", 1)]))
-    with pytest.raises(EvalDataError, match=r"qrels-test.tsv:3: corpus id 'dX' is not in .*corpus-de.jsonl"):
+    with pytest.raises(DataError, match=r"qrels-test.tsv:3: corpus id 'dX' is not in .*corpus-de.jsonl"):
         load_retrieval(*_beir(tmp_path, [{"_id": "d", "text": "t"}], [{"_id": "q", "text": "?"}],
                               [("q", "d", 1), ("q", "dX", 1)]))
-    with pytest.raises(EvalDataError, match=r"qrels-test.tsv:2: query id 'qX' is not in .*queries-de.jsonl"):
+    with pytest.raises(DataError, match=r"qrels-test.tsv:2: query id 'qX' is not in .*queries-de.jsonl"):
         load_retrieval(*_beir(tmp_path, [{"_id": "d", "text": "t"}], [{"_id": "q", "text": "?"}], [("qX", "d", 1)]))
-    with pytest.raises(EvalDataError, match=r"corpus-de.jsonl:2: duplicate corpus id 'd'"):
+    with pytest.raises(DataError, match=r"corpus-de.jsonl:2: duplicate corpus id 'd'"):
         load_retrieval(*_beir(tmp_path, [{"_id": "d", "text": "t"}, {"_id": "d", "text": "u"}],
                               [{"_id": "q", "text": "?"}], [("q", "d", 1)]))
     c, q, r = _beir(tmp_path, [{"_id": "d", "text": "t"}], [{"_id": "q", "text": "?"}], [("q", "d", 1)])
     _write(r, "q\td\t1\nq\td\t1\n")  # no header line
-    with pytest.raises(EvalDataError, match=r"qrels-test.tsv:1: expected a header line"):
+    with pytest.raises(DataError, match=r"qrels-test.tsv:1: expected a header line"):
         load_retrieval(c, q, r)
     _write(r, "query-id\tcorpus-id\tscore\nq\td\t1\n")
     _write(c, '{"_id": "d", "text": "t"}\n{"_id": "e", "text": \n')
-    with pytest.raises(EvalDataError, match=r"corpus-de.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"corpus-de.jsonl:2: invalid JSON"):
         load_retrieval(c, q, r)
     _write(c, '{"_id": "d"}\n')
-    with pytest.raises(EvalDataError, match=r"corpus-de.jsonl:1: record lacks field\(s\) \['text'\]"):
+    with pytest.raises(DataError, match=r"corpus-de.jsonl:1: record lacks key\(s\) \['text'\]"):
         load_retrieval(c, q, r)

@@ -16,9 +16,9 @@ from bilingual.encoder_api import bucket_length
 from bilingual import JinaBert, get_config
 from bilingual.artifacts import save_model as save_encoder
 from bilingual.evaluation import suites
-from bilingual.evaluation.data_files import EvalDataError
 from bilingual.evaluation.hook import make_eval_hook
 from bilingual.training.hooks import StepEvent
+from bilingual.rows import DataError
 from launch import evaluate as launch_evaluate
 
 SUITE_NAMES = ("de", "es", "en", "de-en", "es-en")
@@ -71,7 +71,7 @@ def test_limit_cuts_rows_and_queries():
 
 def test_missing_files_are_reported_before_encoding(tmp_path):
     encoder = CharNgramEncoder()
-    with pytest.raises(EvalDataError, match=r"missing evaluation file\(s\) under data root .*stsb_multi_mt/de-test.tsv"):
+    with pytest.raises(DataError, match=r"missing evaluation file\(s\) under data root .*stsb_multi_mt/de-test.tsv"):
         suites.run_suite(encoder, suites.get_suite("de"), tmp_path)
     assert encoder.encoded == []
 
@@ -144,7 +144,7 @@ def test_eval_hook(tiny_checkpoint):
     second = hook(event(10, shifted))
     assert second["eval/average"] != first["eval/average"]
     assert hook(event(12, shifted, last=True)) == second  # the last step always evaluates
-    with pytest.raises(EvalDataError, match="missing evaluation file"):
+    with pytest.raises(DataError, match="missing evaluation file"):
         make_eval_hook("de", data_root="/nonexistent", tokenizer=tokenizer_dir())
 
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from bilingual.rows import DataError
 from tasks import finetune_data as fd
 from tokenizer_fixture import build_tokenizer
 
@@ -68,7 +69,7 @@ def test_sts_targets_are_scores_over_five(tmp_path):
 def test_bad_lines_are_named(tmp_path, lines, kind, message):
     path = write(tmp_path / "en-train.tsv", lines)
     task = spec() if kind == "text" else spec(head="regression", inputs="pair", labels=None, metric="spearman")
-    with pytest.raises(fd.EvalDataError, match=message) as err:  # FinetuneDataError subclasses it
+    with pytest.raises(DataError, match=message) as err:
         fd.load_examples(path, task)
     assert str(path) in str(err.value)
 
@@ -97,11 +98,11 @@ def test_train_and_dev_rows_equal_to_a_test_row_are_dropped(tmp_path):
 
 
 def test_task_spec_errors_name_the_field():
-    with pytest.raises(fd.FinetuneDataError, match="metric"):
+    with pytest.raises(DataError, match="metric"):
         spec(head="regression", metric="accuracy")
-    with pytest.raises(fd.FinetuneDataError, match="dev_fraction"):
+    with pytest.raises(DataError, match="dev_fraction"):
         spec(dev=None)
-    with pytest.raises(fd.FinetuneDataError, match="unknown fine-tuning task"):
+    with pytest.raises(DataError, match="unknown fine-tuning task"):
         fd.get_tasks(["glue-cola"])
 
 
@@ -147,17 +148,17 @@ def test_transfer_rejects_a_target_language_file_by_its_name(tmp_path):
     import dataclasses
 
     slipped = dataclasses.replace(task, train="sib200/de-train.tsv")
-    with pytest.raises(fd.FinetuneDataError, match="tagged \\['de'\\].*target language 'de'"):
+    with pytest.raises(DataError, match="tagged \\['de'\\].*target language 'de'"):
         fd.load_task(slipped, BUNDLED)
     slipped_dev = dataclasses.replace(task, dev="sib200/de-dev.tsv")
-    with pytest.raises(fd.FinetuneDataError, match="dev file"):
+    with pytest.raises(DataError, match="dev file"):
         fd.load_task(slipped_dev, BUNDLED)
 
 
 def test_transfer_rejects_german_rows_under_an_english_name(tmp_path):
     root = _copy_sib(tmp_path)
     shutil.copy(root / "sib200" / "de-train.tsv", root / "sib200" / "en-train.tsv")  # the name lies
-    with pytest.raises(fd.FinetuneDataError, match="read as the target language 'de'"):
+    with pytest.raises(DataError, match="read as the target language 'de'"):
         fd.load_task(fd.BENCHMARK_TASKS["sib200-en2de"], root)
 
 
@@ -166,7 +167,7 @@ def test_transfer_rejects_a_few_mixed_in_target_rows(tmp_path):
     german = (root / "sib200" / "de-train.tsv").read_text(encoding="utf-8").splitlines()[1:13]  # 12 of 222 rows
     with (root / "sib200" / "en-train.tsv").open("a", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in german))
-    with pytest.raises(fd.FinetuneDataError, match=r"en-train.tsv: 1[0-2] of 222 train texts .* target language"):
+    with pytest.raises(DataError, match=r"en-train.tsv: 1[0-2] of 222 train texts .* target language"):
         fd.load_task(fd.BENCHMARK_TASKS["sib200-en2de"], root)
 
 
@@ -175,7 +176,7 @@ def test_transfer_rejects_text_shared_with_the_target_test_set(tmp_path):
     test_row = (root / "sib200" / "de-test.tsv").read_text(encoding="utf-8").splitlines()[5]
     with (root / "sib200" / "en-dev.tsv").open("a", encoding="utf-8") as f:
         f.write(test_row + "\n")  # one German row (under the 2% share) that is a test sentence
-    with pytest.raises(fd.FinetuneDataError, match=r"en-dev.tsv:62: 1 dev text\(s\) .* also occur in the target test"):
+    with pytest.raises(DataError, match=r"en-dev.tsv:62: 1 dev text\(s\) .* also occur in the target test"):
         fd.load_task(fd.BENCHMARK_TASKS["sib200-en2de"], root)
 
 

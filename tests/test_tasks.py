@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bilingual import tokenizer as bpe
+from bilingual.rows import SKIPPED_ROWS, DataError
 from tasks import batching, demo, mlm, registry, sources
 from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, tok, tok_dir, write  # noqa: F401 (fixtures)
 
@@ -187,7 +188,7 @@ def test_malformed_rows_name_file_and_line(tmp_path, content, match):
     path = write(tmp_path / "sts.tsv", content)
     columns = {"a": "sentence1", "b": "sentence2", "score": "score"} if "satz1" in str(content) else None
     parser = sources.RowParser("sts", score_range=(0, 5), columns=columns)
-    with pytest.raises(sources.DataError, match=match):
+    with pytest.raises(DataError, match=match):
         list(parser.rows(path))
 
 
@@ -195,7 +196,7 @@ def test_malformed_row_error_surfaces_through_tf_data(tmp_path, tok_dir):
     path = write(tmp_path / "pairs.jsonl", '{"query": "a", "passage": "b"}\n{"query": "c"}\n')
     registry.register_pairs_task("bad_pairs", path, tok_dir)
     it = batching.make_batch_iterator("bad_pairs", batch_size=2, shuffle=False)
-    with pytest.raises(tf.errors.OpError, match=r"pairs\.jsonl:2: key 'passage' .* missing"):
+    with pytest.raises(tf.errors.OpError, match=r"pairs\.jsonl:2: record lacks key\(s\) \['passage'\]"):
         next(it)
 
 
@@ -207,7 +208,7 @@ def test_skip_mode_logs_count(tmp_path, tok_dir, caplog):
         rows = list(parser.rows(path, on_error="skip"))
     assert [r["query"] for r in rows] == ["frage eins", "frage zwei"]
     assert "pairs.tsv: skipped 2 malformed row(s); first: " in caplog.text and "pairs.tsv:3" in caplog.text
-    assert sources.SKIPPED_ROWS[path] == 2
+    assert SKIPPED_ROWS[path] == 2
 
 
 def test_jsonl_glob_and_retrieval_negatives(tmp_path, tok_dir, tok):
@@ -223,7 +224,7 @@ def test_jsonl_glob_and_retrieval_negatives(tmp_path, tok_dir, tok):
     assert b["negative_ids"].shape == (6, 2, 8)  # the first num_negatives negatives are kept
     assert tok.decode(b["negative_ids"][4, 1].tolist(), skip_special_tokens=True) == "n2 1"
     few = write(tmp_path / "few.jsonl", '{"query": "q", "positive": "p", "negatives": ["x"]}\n')
-    with pytest.raises(sources.DataError, match=r"few\.jsonl:1: 1 negatives, the task needs 2"):
+    with pytest.raises(DataError, match=r"few\.jsonl:1: 1 negatives, the task needs 2"):
         list(sources.RowParser("retrieval", num_negatives=2).rows(few))
 
 
@@ -277,7 +278,7 @@ def test_beir_source_pairs_and_hard_negatives(tmp_path, tok_dir, tok):
     assert negatives == [["Titel 1 Dokument 1.", "Titel 2 Dokument 2."],  # the positive d0 is not a negative
                          ["Titel 4 Dokument 4.", "Titel 2 Dokument 2."]]
     bad = write(tmp_path / "qrels-bad.tsv", "query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td9\t1\n")
-    with pytest.raises(sources.DataError, match=r"qrels-bad\.tsv:3: corpus id 'd9' not in"):
+    with pytest.raises(DataError, match=r"qrels-bad\.tsv:3: corpus id 'd9' not in"):
         list(sources.BeirSource({"train": {"corpus": corpus, "queries": queries, "qrels": bad}}).rows("train"))
 
 

@@ -26,10 +26,11 @@ from bilingual.evaluation.bitext import evaluate_bitext
 from bilingual.evaluation.classification import evaluate_classification
 from bilingual.evaluation.clustering import evaluate_clustering
 from bilingual.evaluation.common import TextEncoder
-from bilingual.evaluation.data_files import Bitext, EvalDataError, Labelled, PairScores, RetrievalData
+from bilingual.evaluation.data_files import Bitext, Labelled, PairScores, RetrievalData
 from bilingual.evaluation.pair_classification import evaluate_pair_classification
 from bilingual.evaluation.retrieval import evaluate_retrieval
 from bilingual.evaluation.sts import evaluate_sts
+from bilingual.rows import DataError
 
 SUITES_FILE = pathlib.Path(__file__).with_name("suites.json")
 DEMO_DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "data" / "demo" / "eval"
@@ -177,7 +178,7 @@ def check_files(tasks: Sequence[Task], data_root=None) -> pathlib.Path:
     data_root = pathlib.Path(data_root) if data_root is not None else DEMO_DATA_ROOT
     missing = [str(p) for t in tasks for p in t.paths(data_root).values() if not p.is_file()]
     if missing:
-        raise EvalDataError(f"missing evaluation file(s) under data root {data_root}: {', '.join(missing)}")
+        raise DataError(None, f"missing evaluation file(s) under data root {data_root}: {', '.join(missing)}")
     return data_root
 
 
