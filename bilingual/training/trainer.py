@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import signal
 import time
 from typing import Any, Callable, Optional, Protocol
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilingual import checkpoints, flops, sharding
+from bilingual import checkpoints, flops, sharding, task_types
 from bilingual.config import EncoderConfig
 from bilingual.optim import OptimizerConfig, make_optimizer, make_schedule
 from bilingual.training import sharded, steps
@@ -182,7 +181,7 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *,
             if task_type not in step_fns:
                 raise ConfigurationError(f"stage {config.stage!r} got a batch of task type {task_type!r} "
                                          f"(task {host_batch.get('task')!r}); expected {tuple(step_fns)}")
-            arrays = {k: v for k, v in host_batch.items() if k in steps.batch_keys(task_type)}
+            arrays = {k: v for k, v in host_batch.items() if k in task_types.get(task_type).arrays}
             global_batch = _global_shapes(arrays)
             if task_type not in compiled:
                 compiled[task_type], memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state,
@@ -225,17 +224,7 @@ def _global_shapes(local: dict) -> dict:
 
 def _train_flops(config: TrainConfig, task_type: str, batch: dict) -> float:
     """Matmul FLOPs of one step on the global batch (3x forward; GradCache adds a forward)."""
-    model = config.model
-    if task_type == "mlm":
-        b, length = batch["input_ids"].shape
-        positions = b * (config.step.max_predictions or length)
-        return 3 * (flops.encoder_forward_flops(model, b, length) + flops.mlm_head_forward_flops(model, positions))
-    factor = 4 if config.step.gradcache_chunks > 1 else 3
-    total = 0.0
-    for ids_key, _ in steps.CONTRASTIVE_VIEWS[task_type].values():
-        shape = batch[ids_key].shape
-        total += flops.encoder_forward_flops(model, math.prod(shape[:-1]), shape[-1])
-    return factor * total
+    return task_types.get(task_type).train_flops(config.model, config.step, batch)
 
 
 def _in_main_thread() -> bool:
