@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train_step  # noqa: E402
-from bilingual import flops, get_config, sharding  # noqa: E402
+from bilingual import flops, get_config, sharding, task_types  # noqa: E402
 from bilingual.training import sharded, steps  # noqa: E402
 
 
@@ -102,8 +102,7 @@ def main() -> None:
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
         seconds = float(np.median(times))
-        train_flops = 3 * (flops.encoder_forward_flops(config, args.batch, args.length)
-                           + flops.mlm_head_forward_flops(config, args.batch * predictions))
+        train_flops = task_types.get("mlm").train_flops(config, step_config, batch)
         print(f"  {impl:8s} MLM step {args.batch} x {args.length}: {seconds * 1e3:8.1f} ms, "
               f"{args.batch * args.length / seconds:9.0f} tokens/s, MFU {train_flops / seconds / peak:6.1%}", flush=True)
         if args.trace and n == 0:

@@ -34,25 +34,35 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bilingual import flops, get_config, sharding  # noqa: E402
+from bilingual import flops, get_config, sharding, task_types  # noqa: E402
 from bilingual.optim import OptimizerConfig, make_optimizer  # noqa: E402
 from bilingual.training import objectives, sharded, steps  # noqa: E402
 
 MLM_LENGTH = 512
 PAIR_LENGTH = 128
+MLM, PAIRS = task_types.get("mlm"), task_types.get("pairs")
+# MFU counts model FLOPs: the pair step's FLOPs are counted without GradCache's extra (recomputing) forward.
+MODEL_FLOPS_STEP = steps.StepConfig()
 
 
 def mlm_batch(batch, length, vocab, rng):
+    """Random full rows (one piece each, 30% of positions selected) in the ``task_types`` MLM layout."""
     ids = rng.integers(5, vocab, (batch, length), dtype=np.int32)
     weights = (rng.random((batch, length)) < 0.3).astype(np.float32)
-    return {"input_ids": np.where(weights > 0, 4, ids).astype(np.int32), "attention_mask": np.ones_like(ids),
-            "segment_ids": np.ones_like(ids), "targets": ids, "loss_weights": weights}
+    out = {"input_ids": np.where(weights > 0, 4, ids).astype(np.int32), "attention_mask": np.ones_like(ids),
+           "segment_ids": np.ones_like(ids), "targets": ids, "loss_weights": weights}
+    MLM.check_batch(out, batch, {"text": length})
+    return out
 
 
 def pair_batch(batch, length, vocab, rng):
-    q = rng.integers(5, vocab, (batch, length), dtype=np.int32)
-    p = rng.integers(5, vocab, (batch, length), dtype=np.int32)
-    return {"query_ids": q, "query_mask": np.ones_like(q), "passage_ids": p, "passage_mask": np.ones_like(p)}
+    """Random unpadded pairs of ``length`` tokens per side in the ``task_types`` pairs layout."""
+    out = {}
+    for ids_key, mask_key in PAIRS.views.values():
+        out[ids_key] = rng.integers(5, vocab, (batch, length), dtype=PAIRS.arrays[ids_key][1])
+        out[mask_key] = np.ones_like(out[ids_key])
+    PAIRS.check_batch(out, batch, dict.fromkeys(PAIRS.sides, length))
+    return out
 
 
 def setup(stage, config, step_config, mesh):
@@ -88,8 +98,7 @@ def compiled_memory(config, pairs, chunks, length, mesh):
     model, tx, example, shardings, fn = setup("pairs", config, step_config, mesh)
     state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                          __import__("flax").linen.meta.unbox(sharded.abstract_state(model, tx, example)))
-    batch = {k: jax.ShapeDtypeStruct((pairs, length), jnp.int32)
-             for k in ("query_ids", "query_mask", "passage_ids", "passage_mask")}
+    batch = PAIRS.batch_shapes(pairs, dict.fromkeys(PAIRS.sides, length))
     _, memory = sharded.compile_step(fn, mesh, shardings, state, batch)
     return memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes \
         - memory.alias_size_in_bytes
@@ -110,17 +119,16 @@ def measure_steps(preset="base-de", compute_dtype="float32", mlm_batch_size=2, p
 
     predictions = int(np.ceil(0.3 * MLM_LENGTH * 1.25 / 8) * 8)
     batch = mlm_batch(mlm_batch_size, MLM_LENGTH, config.vocab_size, rng)
-    seconds, compile_s = time_step("mlm", config, steps.StepConfig(max_predictions=predictions, dropout=False),
-                                   batch, mesh, repeats)
-    train_flops = 3 * (flops.encoder_forward_flops(config, mlm_batch_size, MLM_LENGTH)
-                       + flops.mlm_head_forward_flops(config, mlm_batch_size * predictions))
+    mlm_config = steps.StepConfig(max_predictions=predictions, dropout=False)
+    seconds, compile_s = time_step("mlm", config, mlm_config, batch, mesh, repeats)
+    train_flops = MLM.train_flops(config, mlm_config, batch)
     out["mlm"] = {"batch": mlm_batch_size, "length": MLM_LENGTH, "seconds": seconds, "compile_s": compile_s,
                   "tokens_per_s": mlm_batch_size * MLM_LENGTH / seconds, "flops_per_s": train_flops / seconds}
 
     batch = pair_batch(pair_batch_size, PAIR_LENGTH, config.vocab_size, rng)
     seconds, compile_s = time_step("pairs", config, steps.StepConfig(dropout=False, gradcache_chunks=pair_chunks),
                                    batch, mesh, repeats)
-    train_flops = 3 * 2 * flops.encoder_forward_flops(config, pair_batch_size, PAIR_LENGTH)
+    train_flops = PAIRS.train_flops(config, MODEL_FLOPS_STEP, batch)
     out["pairs"] = {"batch": pair_batch_size, "length": PAIR_LENGTH, "gradcache_chunks": pair_chunks,
                     "seconds": seconds, "compile_s": compile_s,
                     "tokens_per_s": 2 * pair_batch_size * PAIR_LENGTH / seconds, "flops_per_s": train_flops / seconds}

@@ -7,8 +7,9 @@
     state = it.get_state()            # JSON-serialisable; save it with the checkpoint
     it.set_state(state)               # the next batches equal those of the uninterrupted run
 
-Batch contract (int32 unless noted; masks 1 on real tokens, 0 on padding; every sequence ``<s> ... </s>``
-followed by ``<pad>`` (id 1); arrays always have the configured shapes, so the trainer compiles once per type):
+Batch contract: the ``bilingual.task_types`` entry of the batch's type (every batch is checked against it).
+In short (int32 unless noted; masks 1 on real tokens, 0 on padding; every sequence ``<s> ... </s>`` followed
+by ``<pad>`` (id 1); arrays always have the configured shapes, so the trainer compiles once per type):
 
 * ``mlm``: ``input_ids``, ``attention_mask``, ``segment_ids`` [B, L] (packed pieces numbered 1..k per row,
   0 = padding), ``targets`` [B, L] (original ids), ``loss_weights`` [B, L] float32 (1.0 on every selected
@@ -45,12 +46,14 @@ import zlib
 from typing import Any, Iterator, Mapping
 
 import gin
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
+from bilingual import task_types
 from tasks import mixtures, mlm
 from tasks import preprocessors as pp
 
@@ -279,11 +282,13 @@ class BatchIterator:
         task_type = self.task_types[task.name]
         stream = self._stream(task)
         vocab = next(iter(task.output_features.values())).vocabulary
+        spec = task_types.get(task_type)
         if task_type == "mlm":
             rng = np.random.default_rng([self.seed, self.step, 1, self.shard_index])
             batch = self._mlm_batch(stream, vocab, rng)
         else:
-            batch = self._tuple_batch(stream, task_type, vocab)
+            batch = self._tuple_batch(stream, spec, vocab)
+        spec.check_batch(batch, self.batch_size, self.lengths)
         self.step += 1
         batch["task"], batch["task_type"] = task.name, task_type
         return batch
@@ -298,59 +303,40 @@ class BatchIterator:
         return {"input_ids": masked["input_ids"], "attention_mask": (segments > 0).astype(np.int32),
                 "segment_ids": segments, "targets": masked["targets"], "loss_weights": masked["loss_weights"]}
 
-    def _tuple_batch(self, stream: TaskStream, task_type: str, vocab) -> dict[str, Any]:
+    def _tuple_batch(self, stream: TaskStream, spec: task_types.TaskType, vocab) -> dict[str, Any]:
+        """A contrastive batch in the layout of ``spec``: each view's sequences from the example feature named by
+        its length key, padded to that length (``[B, m, L]`` views from ``m`` sequences per example); the
+        other arrays (STS ``score``) from the feature of their name, in the table's dtype."""
         examples = []
         for _ in range(self.batch_size):
             examples.append(stream.peek())
             stream.advance()
-        pad = vocab.pad_id
         batch: dict[str, Any] = {}
-        if task_type in ("pairs", "retrieval"):
-            batch["query_ids"], batch["query_mask"] = pad_to([e["query"] for e in examples], self.lengths["query"],
-                                                             pad)
-            batch["passage_ids"], batch["passage_mask"] = pad_to([e["passage"] for e in examples],
-                                                                 self.lengths["passage"], pad)
-        if task_type == "retrieval":
-            negatives = [list(e["negatives"]) for e in examples]
-            m = len(negatives[0])
-            if any(len(n) != m for n in negatives):
-                raise ValueError(f"task {stream.task.name!r}: examples carry different numbers of negatives")
-            ids, mask = pad_to([r for n in negatives for r in n], self.lengths["negatives"], pad)
-            batch["negative_ids"] = ids.reshape(len(examples), m, -1)
-            batch["negative_mask"] = mask.reshape(len(examples), m, -1)
-        if task_type == "sts":
-            if self.lengths["a"] != self.lengths["b"]:
-                raise ValueError("sts batches use one length: set sequence_lengths['a'] == sequence_lengths['b']")
-            batch["a_ids"], batch["a_mask"] = pad_to([e["a"] for e in examples], self.lengths["a"], pad)
-            batch["b_ids"], batch["b_mask"] = pad_to([e["b"] for e in examples], self.lengths["b"], pad)
-            batch["score"] = np.array([e["score"] for e in examples], np.float32)
+        for ids_key, mask_key in spec.views.values():
+            dims = spec.arrays[ids_key][0]
+            side, nested = dims[-1], len(dims) == 3
+            rows = [e[side] for e in examples]
+            if nested:
+                m = len(rows[0])
+                if any(len(r) != m for r in rows):
+                    raise ValueError(f"task {stream.task.name!r}: examples carry different numbers of {side}")
+                rows = [seq for r in rows for seq in r]
+            ids, mask = pad_to(rows, self.lengths[side], vocab.pad_id)
+            if nested:
+                ids, mask = ids.reshape(len(examples), m, -1), mask.reshape(len(examples), m, -1)
+            batch[ids_key], batch[mask_key] = ids, mask
+        for key in spec.scalars:
+            batch[key] = np.array([e[key] for e in examples], spec.arrays[key][1])
         return batch
 
 
 def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str, int] | None = None,
-                 num_negatives: int | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Key -> (shape, dtype) of the arrays in a batch of ``task_type`` (e.g. to lower/compile a step ahead of
-    time). ``num_negatives`` is required for retrieval (the task's registered count)."""
+                 num_negatives: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """``task_types.get(task_type).batch_shapes`` with the default sequence lengths filled in: key ->
+    ``jax.ShapeDtypeStruct`` of a batch (e.g. to lower/compile a step ahead of time). ``num_negatives`` is
+    required for retrieval (the task's registered count)."""
     lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
-    i32, f32, b = np.dtype(np.int32), np.dtype(np.float32), batch_size
-    if task_type == "mlm":
-        L = lengths["text"]
-        return {"input_ids": ((b, L), i32), "attention_mask": ((b, L), i32), "segment_ids": ((b, L), i32),
-                "targets": ((b, L), i32), "loss_weights": ((b, L), f32)}
-    if task_type in ("pairs", "retrieval"):
-        out = {"query_ids": ((b, lengths["query"]), i32), "query_mask": ((b, lengths["query"]), i32),
-               "passage_ids": ((b, lengths["passage"]), i32), "passage_mask": ((b, lengths["passage"]), i32)}
-        if task_type == "retrieval":
-            if not num_negatives:
-                raise ValueError("retrieval batch shapes need num_negatives")
-            shape = (b, num_negatives, lengths["negatives"])
-            out.update(negative_ids=(shape, i32), negative_mask=(shape, i32))
-        return out
-    if task_type == "sts":
-        L = lengths["a"]
-        return {"a_ids": ((b, L), i32), "a_mask": ((b, L), i32), "b_ids": ((b, L), i32), "b_mask": ((b, L), i32),
-                "score": ((b,), f32)}
-    raise ValueError(f"unknown task type {task_type!r}; expected one of {pp.TASK_TYPES}")
+    return task_types.get(task_type).batch_shapes(batch_size, lengths, num_negatives)
 
 
 @gin.configurable

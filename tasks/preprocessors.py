@@ -23,32 +23,30 @@ import tensorflow as tf
 
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
-TASK_TYPES = ("mlm", "pairs", "retrieval", "sts")
-TEXT_FEATURES = {"mlm": ("text",), "pairs": ("query", "passage"), "retrieval": ("query", "passage", "negatives"),
-                 "sts": ("a", "b")}
+from bilingual import task_types
+
 DEFAULT_SEQUENCE_LENGTHS = {"text": 512, "query": 128, "passage": 512, "negatives": 512, "a": 128, "b": 128}
 
 
 def output_features(task_type: str, vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
     """The seqio features of a task type; the keys also identify the type (``task_type_of``)."""
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"unknown task type {task_type!r}; expected one of {TASK_TYPES}")
     ids = lambda rank=1: seqio.Feature(vocabulary, add_eos=False, required=True, dtype=tf.int32, rank=rank)  # noqa: E731
-    features = {name: ids(2 if name == "negatives" else 1) for name in TEXT_FEATURES[task_type]}
-    if task_type == "sts":
-        features["score"] = seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, required=True,
-                                          dtype=tf.float32, rank=0)
+    spec = task_types.get(task_type)
+    features = {name: ids(2 if name == "negatives" else 1) for name in spec.sides}
+    for name in spec.scalars:  # per-row values (STS score) in the dtype of the table
+        features[name] = seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, required=True,
+                                       dtype=tf.as_dtype(spec.arrays[name][1]), rank=0)
     return features
 
 
 def task_type_of(features: Mapping[str, seqio.Feature]) -> str:
     """Inverse of ``output_features``: the task type from a task's feature names."""
     keys = set(features)
-    for task_type in TASK_TYPES:
-        expected = set(TEXT_FEATURES[task_type]) | ({"score"} if task_type == "sts" else set())
+    for task_type, spec in task_types.TASK_TYPES.items():
+        expected = set(spec.sides) | set(spec.scalars)
         if keys == expected:
             return task_type
-    raise ValueError(f"features {sorted(keys)} match no task type {TASK_TYPES}")
+    raise ValueError(f"features {sorted(keys)} match no task type {tuple(task_types.TASK_TYPES)}")
 
 
 def sequence_lengths_with_defaults(sequence_length: Mapping[str, int] | None) -> dict[str, int]:

@@ -1,5 +1,6 @@
 """An independent numpy forward pass of JinaBERT, written from shared/spec/MODEL.md (``post_ln``) and from
-the published ``jina-bert-v2-qk-post-norm`` layer formula (``qk_post_norm``, see ``forward``).
+the published ``jina-bert-v2-qk-post-norm`` layer formula (``qk_post_norm``, see ``forward``), and numpy
+versions of the contrastive and STS losses (TRAINING.md), written loop by loop from their formulas.
 
 It reads a plain parameter dict in the reference (PyTorch) layout, ``name -> array`` with PyTorch shapes
 (linear weights ``[out, in]``), so it shares nothing with the Flax code but the spec. float64 throughout.
@@ -10,7 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, logsumexp
+from scipy.stats import pearsonr
 
 
 def gelu(x):
@@ -97,3 +99,41 @@ def forward(sd, input_ids, attention_mask, *, num_heads, num_layers, intermediat
                        sd[p + "mlp.layernorm.weight"], sd[p + "mlp.layernorm.bias"], eps)
     emb = (h * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
     return h, emb
+
+
+def cosine_matrix(a, b):
+    """``[Ba, H], [Bb, H] -> [Ba, Bb]`` cosine similarities (float64)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def info_nce(q, p, tau):
+    """One direction: ``mean_i -log softmax_j(cos(q_i, p_j) / tau)[i]``; ``q, p`` ``[B, H]``."""
+    s = cosine_matrix(q, p) / tau
+    return np.mean([-(s[i, i] - logsumexp(s[i])) for i in range(len(q))])
+
+
+def info_nce_with_negatives(q, p, n, tau):
+    """Query-to-passage over the batch's passages and all ``B * m`` negatives ``n`` ``[B, m, H]``, plus
+    passage-to-query."""
+    flat = n.reshape(-1, n.shape[-1])
+    total = 0.0
+    for i in range(len(q)):
+        pos = cosine_matrix(q[i:i + 1], p)[0] / tau
+        neg = cosine_matrix(q[i:i + 1], flat)[0] / tau
+        total += -(pos[i] - logsumexp(np.concatenate([pos, neg])))
+    forward = total / len(q)
+    backward = 0.0
+    for i in range(len(p)):
+        to_queries = cosine_matrix(p[i:i + 1], q)[0] / tau
+        backward += -(to_queries[i] - logsumexp(to_queries))
+    return forward + backward / len(p)
+
+
+def sts_loss(a, b, gold, kind):
+    """``-pearson(cos(a_i, b_i), gold)`` (``kind="pearson"``) or ``mean (cos - gold / 5)^2`` (``"mse"``)."""
+    a, b, gold = (np.asarray(x, np.float64) for x in (a, b, gold))
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return -pearsonr(cos, gold)[0] if kind == "pearson" else np.mean((cos - gold / 5) ** 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -324,7 +325,8 @@ def test_batches_match_declared_shapes(tok_dir, name, negatives):
     it = batching.make_batch_iterator(name, batch_size=3, sequence_lengths=LENGTHS)
     b = next(it)
     declared = batching.batch_shapes(b["task_type"], 3, LENGTHS, num_negatives=negatives)
-    assert {k: (v.shape, v.dtype) for k, v in b.items() if k not in ("task", "task_type")} == declared
+    assert {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in b.items() if k not in ("task", "task_type")} \
+        == declared
     assert b["task_type"] == it.task_types[name]
 
 

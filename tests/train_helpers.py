@@ -1,6 +1,10 @@
-"""Synthetic batches in the trainer's batch layout (shapes and dtypes of tasks.batching), for step tests."""
+"""Synthetic batches in the layout of ``bilingual.task_types`` (the producer's), for step and trainer tests."""
+
+import math
 
 import numpy as np
+
+from bilingual import task_types
 
 
 def _seq(rng, batch, length, vocab, min_len=2):
@@ -14,32 +18,30 @@ def _seq(rng, batch, length, vocab, min_len=2):
 
 
 def synthetic_batch(task_type, batch=8, length=16, vocab=512, negatives=2, seed=0):
+    """Random arrays with the keys, shapes and dtypes of the ``task_types`` entry (every side ``length``
+    tokens, ``negatives`` hard negatives per row), checked against it."""
+    spec = task_types.get(task_type)
+    lengths = dict.fromkeys(spec.sides, length)
+    shapes = spec.batch_shapes(batch, lengths, negatives)
     rng = np.random.RandomState(seed)
     if task_type == "mlm":
         ids, mask = _seq(rng, batch, length, vocab, min_len=length // 2)
         weights = ((rng.rand(batch, length) < 0.3) & (mask == 1)).astype(np.float32)
         weights[:, 0] = 0
-        inputs = np.where(weights > 0, 4, ids).astype(np.int32)
         segments = mask.copy()
         segments[:, length // 2:] *= 2
-        return {"input_ids": inputs, "attention_mask": mask, "segment_ids": segments.astype(np.int32),
-                "targets": ids, "loss_weights": weights}
-    if task_type == "pairs":
-        q, qm = _seq(rng, batch, length, vocab)
-        p, pm = _seq(rng, batch, length, vocab)
-        return {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
-    if task_type == "retrieval":
-        out = synthetic_batch("pairs", batch, length, vocab, seed=seed + 1)
-        n, nm = _seq(rng, batch * negatives, length, vocab)
-        out["negative_ids"] = n.reshape(batch, negatives, length)
-        out["negative_mask"] = nm.reshape(batch, negatives, length)
-        return out
-    if task_type == "sts":
-        a, am = _seq(rng, batch, length, vocab)
-        b, bm = _seq(rng, batch, length, vocab)
-        return {"a_ids": a, "a_mask": am, "b_ids": b, "b_mask": bm,
-                "score": rng.uniform(0, 5, batch).astype(np.float32)}
-    raise ValueError(task_type)
+        out = {"input_ids": np.where(weights > 0, 4, ids), "attention_mask": mask, "segment_ids": segments,
+               "targets": ids, "loss_weights": weights}
+    else:
+        out = {}
+        for ids_key, mask_key in spec.views.values():
+            shape = shapes[ids_key].shape
+            ids, mask = _seq(rng, math.prod(shape[:-1]), length, vocab)
+            out[ids_key], out[mask_key] = ids.reshape(shape), mask.reshape(shape)
+        out.update({key: rng.uniform(0, 5, shapes[key].shape) for key in spec.scalars})  # STS scores
+    out = {key: out[key].astype(s.dtype) for key, s in shapes.items()}
+    spec.check_batch(out, batch, lengths)
+    return out
 
 
 class SyntheticBatches:

@@ -9,6 +9,10 @@ update, checkpoints, logging, evaluation) the same way for every stage:
     multitask   JinaBert                    pairs, retrieval, sts
     finetune    a head model (heads.py)     head (classification / regression rows)
 
+The embedding task types (mlm, pairs, retrieval, sts) are entries of ``bilingual.task_types``; the ``head``
+rows of fine-tuning are not an embedding task (their label dtype follows the head), so their layout is
+``HEAD_BATCH_KEYS`` here.
+
 The batch source and the best-checkpoint rule come with the run (``TrainConfig.keep_best``): the
 contrastive stages keep the newest checkpoints, fine-tuning keeps the best dev one (``finetune.py``).
 """
@@ -16,7 +20,6 @@ contrastive stages keep the newest checkpoints, fine-tuning keeps the best dev o
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -24,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bilingual import artifacts, flops
+from bilingual import artifacts, flops, task_types
 from bilingual.config import ConfigError, EncoderConfig
 from bilingual.heads import HeadConfig, HeadError, loss_for_head, merge_encoder_params, model_for_head
 from bilingual.modeling import JinaBert, JinaBertForMaskedLM
@@ -81,33 +84,21 @@ def _diff(expected, given) -> str:
 
 
 def for_stage(stage: str, model: EncoderConfig, step: steps.StepConfig) -> Objective:
-    """The objective of ``mlm``, ``pairs`` or ``multitask`` (fine-tuning: ``head_objective``)."""
+    """The objective of ``mlm``, ``pairs`` or ``multitask`` (fine-tuning: ``head_objective``); batch keys
+    and FLOPs come from the task-type table (``bilingual.task_types``)."""
+    if stage not in ("mlm", "pairs", "multitask"):
+        raise ConfigError(f"TrainConfig.stage={stage!r} is unknown; expected one of {tuple(STAGES)}")
+    batch_keys = lambda t: task_types.get(t).keys
+    train_flops = lambda t, batch: task_types.get(t).train_flops(model, step, batch)
     if stage == "mlm":
         module = JinaBertForMaskedLM(model)
-
-        def mlm_flops(task_type, batch):
-            b, length = batch["input_ids"].shape
-            positions = b * (step.max_predictions or length)
-            return 3 * (flops.encoder_forward_flops(model, b, length) + flops.mlm_head_forward_flops(model, positions))
-
         return Objective("mlm", module, "masked_lm", STAGES["mlm"],
                          make_step=lambda t, tx, groups: steps.make_mlm_step(module, tx, step),
-                         batch_keys=steps.batch_keys, flops=mlm_flops, merge_encoder=replace_encoder)
-    if stage not in ("pairs", "multitask"):
-        raise ConfigError(f"TrainConfig.stage={stage!r} is unknown; expected one of {tuple(STAGES)}")
+                         batch_keys=batch_keys, flops=train_flops, merge_encoder=replace_encoder)
     module = JinaBert(model)
-
-    def contrastive_flops(task_type, batch):
-        factor = 4 if step.gradcache_chunks > 1 else 3  # GradCache adds a forward pass
-        total = 0.0
-        for ids_key, _ in steps.CONTRASTIVE_VIEWS[task_type].values():
-            shape = batch[ids_key].shape
-            total += flops.encoder_forward_flops(model, math.prod(shape[:-1]), shape[-1])
-        return factor * total
-
     return Objective(stage, module, "encoder", STAGES[stage],
                      make_step=lambda t, tx, groups: steps.make_contrastive_step(module, tx, t, step, groups=groups),
-                     batch_keys=steps.batch_keys, flops=contrastive_flops, merge_encoder=replace_encoder)
+                     batch_keys=batch_keys, flops=train_flops, merge_encoder=replace_encoder)
 
 
 def head_objective(model: EncoderConfig, head: HeadConfig, *, dropout: bool, meta: dict) -> Objective:

@@ -1,8 +1,9 @@
 """Train steps per task type, and their sharded compilation.
 
-A step is ``(state, batch, rng) -> (state, metrics)``. ``batch`` is a dict of arrays in the layout of
-``tasks.batching`` (task type keys below), sharded over the batch axes of the mesh. One compiled step per
-task type: the multi-task stage keeps a dict of them and picks by the batch's ``task_type``.
+A step is ``(state, batch, rng) -> (state, metrics)``. ``batch`` is a dict of arrays in the layout of its
+``bilingual.task_types`` entry (keys, shapes, dtypes, views, loss), sharded over the batch axes of the mesh.
+One compiled step per task type: the multi-task stage keeps a dict of them and picks by the batch's
+``task_type``.
 
 * ``mlm``: cross-entropy over every selected position (``loss_weights``); logits are computed only at
   the ``max_predictions`` highest-weight positions of each row (a count of weighted positions beyond that
@@ -18,26 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from bilingual import gradcache, losses
+from bilingual import gradcache, losses, task_types
 from bilingual.modeling import JinaBert, JinaBertForMaskedLM
-
-TASK_TYPES = ("mlm", "pairs", "retrieval", "sts")
-
-# Which (ids, mask) arrays form each embedding view of a contrastive task type.
-CONTRASTIVE_VIEWS = {
-    "pairs": {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask")},
-    "retrieval": {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask"),
-                  "negative": ("negative_ids", "negative_mask")},
-    "sts": {"a": ("a_ids", "a_mask"), "b": ("b_ids", "b_mask")},
-}
-MLM_KEYS = ("input_ids", "attention_mask", "segment_ids", "targets", "loss_weights")
 
 
 @flax.struct.dataclass
@@ -58,13 +48,6 @@ class StepConfig:
     dropout: bool = True
 
 
-def batch_keys(task_type: str) -> tuple[str, ...]:
-    if task_type == "mlm":
-        return MLM_KEYS
-    keys = tuple(k for pair in CONTRASTIVE_VIEWS[task_type].values() for k in pair)
-    return keys + (("score",) if task_type == "sts" else ())
-
-
 def make_embed_fn(model: JinaBert, dropout: bool):
     """``(params, {"ids", "mask"}, rng) -> [n, H]`` mean-pooled float32 embeddings."""
 
@@ -77,25 +60,13 @@ def make_embed_fn(model: JinaBert, dropout: bool):
 
 
 def contrastive_views(task_type: str, batch) -> dict:
+    """The encoder inputs of a contrastive batch: view -> ``{"ids", "mask"}`` ``[n, L]`` int32, the view's
+    arrays (``task_types`` entry) flattened to rows (retrieval's ``[B, m, Ln]`` negatives to ``[B * m, Ln]``)."""
     views = {}
-    for name, (ids_key, mask_key) in CONTRASTIVE_VIEWS[task_type].items():
+    for name, (ids_key, mask_key) in task_types.get(task_type).views.items():
         ids, mask = batch[ids_key], batch[mask_key]
         views[name] = {"ids": ids.reshape((-1, ids.shape[-1])), "mask": mask.reshape((-1, mask.shape[-1]))}
     return views
-
-
-def contrastive_loss_fn(task_type: str, batch, config: StepConfig) -> Callable:
-    """``{view: embeddings} -> (loss, metrics)`` for one contrastive task type."""
-    tau = config.temperature
-    if task_type == "pairs":
-        return lambda e: losses.bidirectional_info_nce(e["query"], e["passage"], tau)
-    if task_type == "retrieval":
-        batch_size, m = batch["negative_ids"].shape[:2]
-        return lambda e: losses.info_nce_with_negatives(
-            e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), tau)
-    if task_type == "sts":
-        return lambda e: losses.sts_loss(e["a"], e["b"], batch["score"], config.sts_loss)
-    raise ValueError(f"no contrastive loss for task type {task_type!r}")
 
 
 def apply_updates(tx, state: TrainState, grads, loss, metrics):
@@ -112,7 +83,7 @@ def make_contrastive_step(model: JinaBert, tx: optax.GradientTransformation, tas
 
     def step(state: TrainState, batch, rng):
         views = contrastive_views(task_type, batch)
-        loss_fn = contrastive_loss_fn(task_type, batch, config)
+        loss_fn = task_types.get(task_type).embedding_loss(batch, config)
         if config.gradcache_chunks > 1:
             (loss, metrics), grads = gradcache.value_and_grad(
                 embed, loss_fn, state.params, views, rng, num_chunks=config.gradcache_chunks, groups=groups)
@@ -144,7 +115,7 @@ def make_mlm_step(model: JinaBertForMaskedLM, tx: optax.GradientTransformation, 
                               rngs={"dropout": rng}, method=lambda m, *a, **k: m.bert(*a, **k))
             hidden = jnp.take_along_axis(out.last_hidden_state, positions[..., None], axis=1)
             logits = model.apply({"params": params}, hidden, method=JinaBertForMaskedLM.logits_at)
-            return losses.mlm_loss(logits, sel_targets, sel_weights)
+            return task_types.get("mlm").loss(logits, sel_targets, sel_weights)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         metrics = {**metrics, "mlm_dropped": jnp.sum(weights) - jnp.sum(sel_weights)}

@@ -1,0 +1,174 @@
+"""The task types: one ``TaskType`` entry each, holding its batch layout, encoder views, loss and FLOPs.
+
+Every user reads this table: the batch producer (``tasks.batching``), the steps (``bilingual.training.steps``),
+the trainer's FLOP count, the benchmarks and the test fixtures. A new task type is one entry in ``TASK_TYPES``
+(which stages train it is the trainer's ``STAGES``).
+
+Batch layout: each array is declared by its dims and dtype. A dim is ``"batch"`` (rows of the batch),
+``"num_negatives"`` (hard negatives per row) or a sequence-length key -- ``"text"``, ``"query"``,
+``"passage"``, ``"negatives"``, ``"a"``, ``"b"``, the ``sequence_lengths`` of ``tasks.batching`` -- which
+also names the example feature a view's sequences are read from. Ids are int32 padded with ``<pad>`` (id 1),
+masks int32 (1 on real tokens, 0 on padding):
+
+* ``mlm``: ``input_ids``, ``attention_mask``, ``segment_ids``, ``targets`` [B, Lt] int32, ``loss_weights``
+  [B, Lt] float32; no views (the MLM step runs the encoder and head itself).
+* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp].
+* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln].
+* ``sts``: ``a_ids``, ``a_mask`` [B, La]; ``b_ids``, ``b_mask`` [B, Lb] with ``La == Lb``; ``score`` [B] float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+import jax
+import numpy as np
+
+from bilingual import flops, losses
+from bilingual.config import EncoderConfig
+
+if TYPE_CHECKING:
+    from bilingual.training.steps import StepConfig
+
+I32, F32 = np.dtype(np.int32), np.dtype(np.float32)
+SIZE_DIMS = ("batch", "num_negatives")  # every other dim is a sequence-length key
+EmbeddingLoss = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, dict]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskType:
+    """One task type.
+
+    Attributes:
+      name: the ``task_type`` string of its batches.
+      arrays: batch key -> (dims, dtype); see the module docstring for the dims.
+      views: contrastive types: encoder view -> (ids key, mask key), in the order the step encodes them;
+        empty for MLM.
+      loss: the ``bilingual.losses`` function of the type (for MLM the MLM step calls it on the head's logits).
+      bind_loss: ``(loss, batch, step config) -> ({view: [n, H] float32} -> (loss, metrics))``, how a
+        contrastive type feeds ``loss`` its views' embeddings; None for MLM.
+      same_length: sequence-length keys that must be equal (STS: ``a`` and ``b``).
+    """
+
+    name: str
+    arrays: Mapping[str, tuple[tuple[str, ...], np.dtype]]
+    views: Mapping[str, tuple[str, str]]
+    loss: Callable
+    bind_loss: Optional[Callable[[Callable, Mapping, Any], EmbeddingLoss]] = None
+    same_length: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The batch keys, in declaration order."""
+        return tuple(self.arrays)
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        """The sequence-length keys of the batch (= the example's text features), in declaration order."""
+        dims = (d for ds, _ in self.arrays.values() for d in ds if d not in SIZE_DIMS)
+        return tuple(dict.fromkeys(dims))
+
+    @property
+    def scalars(self) -> tuple[str, ...]:
+        """Keys of the per-row values (dims ``("batch",)``, e.g. STS ``score``), read from the example feature
+        of the same name."""
+        return tuple(k for k, (dims, _) in self.arrays.items() if dims == ("batch",))
+
+    def check_lengths(self, lengths: Mapping[str, int]) -> None:
+        """Raises ValueError when the ``same_length`` keys of ``lengths`` differ."""
+        if len({lengths[k] for k in self.same_length}) > 1:
+            raise ValueError(f"{self.name} batches use one length: set "
+                             + " == ".join(f"sequence_lengths[{k!r}]" for k in self.same_length))
+
+    def batch_shapes(self, batch_size: int, lengths: Mapping[str, int],
+                     num_negatives: Optional[int] = None) -> dict[str, jax.ShapeDtypeStruct]:
+        """Key -> ``jax.ShapeDtypeStruct`` of a batch of ``batch_size`` rows (e.g. to compile a step ahead).
+
+        ``lengths``: sequence-length key -> tokens (extra keys are ignored); ``num_negatives``: hard
+        negatives per row, required by types with a ``num_negatives`` dim (retrieval).
+        """
+        self.check_lengths(lengths)
+        sizes = {**lengths, "batch": batch_size, "num_negatives": num_negatives}
+        missing = [d for dims, _ in self.arrays.values() for d in dims if not sizes.get(d)]
+        if missing:
+            raise ValueError(f"{self.name} batch shapes need {', '.join(dict.fromkeys(missing))}")
+        return {k: jax.ShapeDtypeStruct(tuple(sizes[d] for d in dims), dtype)
+                for k, (dims, dtype) in self.arrays.items()}
+
+    def check_batch(self, batch: Mapping[str, Any], batch_size: int, lengths: Mapping[str, int]) -> None:
+        """Raises ValueError unless ``batch`` (arrays only) has exactly this entry's keys and dtypes, and
+        shapes with ``batch_size`` rows and ``lengths`` tokens; ``num_negatives`` is read off the batch."""
+        if set(batch) != set(self.arrays):
+            raise ValueError(f"a {self.name} batch has keys {sorted(batch)}; the table has {sorted(self.arrays)}")
+        self.check_lengths(lengths)
+        sizes = {**lengths, "batch": batch_size}
+        for key, (dims, dtype) in self.arrays.items():
+            shape, got = tuple(np.shape(batch[key])), np.dtype(batch[key].dtype)
+            if got != dtype or len(shape) != len(dims) or any(sizes.setdefault(d, n) != n for d, n in zip(dims, shape)):
+                raise ValueError(f"{self.name} batch {key!r} is {got}{list(shape)}; the table has {dtype}{list(dims)} "
+                                 f"with {sizes}")
+
+    def embedding_loss(self, batch: Mapping[str, Any], config: StepConfig) -> EmbeddingLoss:
+        """``{view: [n, H] float32 embeddings} -> (loss, metrics)`` for ``batch`` (contrastive types)."""
+        if self.bind_loss is None:
+            raise ValueError(f"task type {self.name!r} has no embedding loss (its step computes {self.loss.__name__})")
+        return self.bind_loss(self.loss, batch, config)
+
+    def train_flops(self, model: EncoderConfig, config: StepConfig, batch: Mapping[str, Any]) -> float:
+        """Matmul FLOPs of one train step on ``batch`` (key -> anything with ``.shape``, the global batch).
+
+        3x the forward (forward + two backward matmuls); contrastive types with GradCache
+        (``config.gradcache_chunks > 1``) add one forward; MLM adds its head at ``config.max_predictions``
+        positions per row (0 = every position).
+        """
+        if not self.views:
+            b, length = batch["input_ids"].shape
+            positions = b * (config.max_predictions or length)
+            return 3 * (flops.encoder_forward_flops(model, b, length) + flops.mlm_head_forward_flops(model, positions))
+        factor = 4 if config.gradcache_chunks > 1 else 3
+        shapes = [batch[ids_key].shape for ids_key, _ in self.views.values()]
+        return factor * sum(flops.encoder_forward_flops(model, math.prod(s[:-1]), s[-1]) for s in shapes)
+
+
+def _ids_and_mask(prefix: str, *dims: str) -> dict[str, tuple[tuple[str, ...], np.dtype]]:
+    return {f"{prefix}_ids": (dims, I32), f"{prefix}_mask": (dims, I32)}
+
+
+def _bind_pairs(loss, batch, config):
+    return lambda e: loss(e["query"], e["passage"], config.temperature)
+
+
+def _bind_retrieval(loss, batch, config):
+    batch_size, m = batch["negative_ids"].shape[:2]
+    return lambda e: loss(e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), config.temperature)
+
+
+def _bind_sts(loss, batch, config):
+    return lambda e: loss(e["a"], e["b"], batch["score"], config.sts_loss)
+
+
+_PAIR_ARRAYS = {**_ids_and_mask("query", "batch", "query"), **_ids_and_mask("passage", "batch", "passage")}
+_PAIR_VIEWS = {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask")}
+
+TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
+    TaskType("mlm", {"input_ids": (("batch", "text"), I32), "attention_mask": (("batch", "text"), I32),
+                     "segment_ids": (("batch", "text"), I32), "targets": (("batch", "text"), I32),
+                     "loss_weights": (("batch", "text"), F32)},
+             views={}, loss=losses.mlm_loss),
+    TaskType("pairs", _PAIR_ARRAYS, _PAIR_VIEWS, losses.bidirectional_info_nce, _bind_pairs),
+    TaskType("retrieval", {**_PAIR_ARRAYS, **_ids_and_mask("negative", "batch", "num_negatives", "negatives")},
+             {**_PAIR_VIEWS, "negative": ("negative_ids", "negative_mask")}, losses.info_nce_with_negatives,
+             _bind_retrieval),
+    TaskType("sts", {**_ids_and_mask("a", "batch", "a"), **_ids_and_mask("b", "batch", "b"),
+                     "score": (("batch",), F32)},
+             {"a": ("a_ids", "a_mask"), "b": ("b_ids", "b_mask")}, losses.sts_loss, _bind_sts, same_length=("a", "b")),
+)}
+
+
+def get(name: str) -> TaskType:
+    """The entry of task type ``name``; ValueError naming the known types otherwise."""
+    if name not in TASK_TYPES:
+        raise ValueError(f"unknown task type {name!r}; expected one of {tuple(TASK_TYPES)}")
+    return TASK_TYPES[name]
