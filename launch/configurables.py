@@ -101,10 +101,9 @@ def build() -> tuple[trainer.TrainConfig, dict, dict]:
     tokenizer (``TrainConfig.tokenizer``) unless ``encoder.vocab_size`` is bound, which must then agree."""
     config = TrainConfig()
     if config.tokenizer is not None:
-        from bilingual import tokenizer as tokenizer_lib
         from bilingual.config import ConfigError
 
-        size = tokenizer_lib.load(config.tokenizer).get_vocab_size()
+        size = trainer.tokenizer_size(config.tokenizer)
         bound = _bound("encoder.vocab_size")
         if bound is not None and bound != size:
             raise ConfigError(f"encoder.vocab_size={bound} but TrainConfig.tokenizer={config.tokenizer!r} has "

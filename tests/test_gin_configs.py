@@ -21,13 +21,21 @@ def clean_gin():
     gin.clear_config()
 
 
+def demo_bindings(run) -> list[str]:
+    """Runs on the bundled demo data name the demo's tokenizer: bind the test tokenizer in its place."""
+    from tokenizer_fixture import tokenizer_dir
+
+    return [f"DEMO_TOKENIZER = '{tokenizer_dir()}'"] if "datasets/demo.gin" in run.read_text() else []
+
+
 @pytest.mark.parametrize("run", RUNS, ids=[p.stem for p in RUNS])
 def test_run_files_build_a_train_config(run):
-    configurables.parse([str(run)], [])
+    configurables.parse([str(run)], demo_bindings(run))
     config, data, evaluation = configurables.build()
+    config = config.resolved()
     assert isinstance(config, TrainConfig) and config.stage in STAGES
     assert config.num_steps >= 1 and config.batch_size >= 1
-    assert config.optimizer.total_steps >= config.optimizer.warmup_steps
+    assert config.optimizer.total_steps == config.num_steps >= config.optimizer.warmup_steps
     assert data["name"] and data["split"] == "train"
     assert "model" in config.__dataclass_fields__ and config.model.hidden_size % config.model.num_heads == 0
 
@@ -38,7 +46,7 @@ def test_every_gin_file_parses(path):
 
 
 def test_full_scale_runs_have_the_paper_shapes():
-    configurables.parse([str(GIN / "runs" / "de_en_tpu_v4_64.gin")], [])
+    configurables.parse([str(GIN / "runs" / "de_en_tpu_v4_64.gin")], [])  # no tokenizer yet: the preset's vocabulary
     config, _, _ = configurables.build()
     assert (config.model.vocab_size, config.model.num_layers, config.model.hidden_size) == (61056, 12, 768)
     assert config.model.compute_dtype == "bfloat16" and config.stage == "mlm"
@@ -56,15 +64,37 @@ def test_demo_runs_name_registered_demo_data(tmp_path):
     registered = set(demo.register_demo_tasks(str(tokenizer_dir())))
     for stage in ("mlm", "pairs", "multitask"):
         gin.clear_config()
-        configurables.parse([str(GIN / "runs" / f"demo_de_en_{stage}.gin")], [])
+        configurables.parse([str(GIN / "runs" / f"demo_de_en_{stage}.gin")], [f"DEMO_TOKENIZER = '{tokenizer_dir()}'"])
         _, data, _ = configurables.build()
         assert data["name"] in registered, (stage, data["name"])
 
 
 def test_bindings_override_files():
-    configurables.parse([str(GIN / "runs" / "cpu_smoke.gin")], ["TrainConfig.num_steps = 7", "encoder.num_layers = 1"])
+    run = GIN / "runs" / "cpu_smoke.gin"
+    configurables.parse([str(run)], demo_bindings(run) + ["TrainConfig.num_steps = 7", "encoder.num_layers = 1"])
     config, _, _ = configurables.build()
     assert config.num_steps == 7 and config.model.num_layers == 1
+    assert config.resolved().optimizer.total_steps == 7  # the schedule follows num_steps
+
+
+def test_vocab_size_comes_from_the_tokenizer():
+    """Derived, not repeated: the demo runs take encoder.vocab_size from TrainConfig.tokenizer; a bound value
+    that disagrees is an error naming both keys; a missing tokenizer names its path."""
+    from bilingual.config import ConfigError
+    from tokenizer_fixture import build_tokenizer
+
+    run = GIN / "runs" / "demo_de_en_pairs.gin"
+    configurables.parse([str(run)], demo_bindings(run))
+    config, _, _ = configurables.build()
+    assert config.model.vocab_size == len(build_tokenizer()) and config.tokenizer
+    gin.clear_config()
+    configurables.parse([str(run)], demo_bindings(run) + ["encoder.vocab_size = 8192"])
+    with pytest.raises(ConfigError, match="encoder.vocab_size=8192 but TrainConfig.tokenizer="):
+        configurables.build()
+    gin.clear_config()
+    configurables.parse([str(run)], ["DEMO_TOKENIZER = '/nonexistent/tokenizer'"])
+    with pytest.raises(ConfigError, match="TrainConfig.tokenizer='/nonexistent/tokenizer'"):
+        configurables.build()
 
 
 def test_unknown_binding_is_an_error_naming_it():

@@ -105,12 +105,20 @@ def validate(config: TrainConfig, mesh) -> None:
         raise ConfigError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
                           "stage's checkpoint directory or a Hugging Face export)")
     if config.tokenizer is not None:
-        from bilingual import tokenizer as tokenizer_lib
-
-        size = tokenizer_lib.load(config.tokenizer).get_vocab_size()
+        size = tokenizer_size(config.tokenizer)
         if size > config.model.vocab_size:
             raise ConfigError(f"TrainConfig.tokenizer={config.tokenizer!r} has {size} tokens, more than "
                               f"encoder.vocab_size={config.model.vocab_size}")
+
+
+def tokenizer_size(path: str) -> int:
+    """Tokens in the tokenizer at ``path``; a missing or broken one is a ``ConfigError`` naming the key."""
+    from bilingual import tokenizer as tokenizer_lib
+
+    try:
+        return tokenizer_lib.load(path).get_vocab_size()
+    except (tokenizer_lib.TokenizerError, OSError, ValueError) as err:
+        raise ConfigError(f"TrainConfig.tokenizer={path!r}: {err}") from err
 
 
 @dataclasses.dataclass
