@@ -19,7 +19,8 @@ LAYER_LAYOUTS = ("post_ln", "qk_post_norm")
 
 
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the offending field."""
+    """An invalid configuration (encoder, head, training or fine-tuning run), raised before anything is
+    compiled; the message names the offending field or key."""
 
 
 @dataclasses.dataclass(frozen=True)

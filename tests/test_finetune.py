@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from bilingual import checkpoints
-from bilingual.config import get_config
+from bilingual.config import ConfigError, get_config
 from bilingual.heads import HeadConfig, model_for_head
 from bilingual.optim import OptimizerConfig
 from bilingual.training import finetune as ft
-from bilingual.training.trainer import ConfigurationError
 from tasks import finetune_data as fd
 from tokenizer_fixture import build_tokenizer, tokenizer_dir
 
@@ -83,7 +82,7 @@ def test_merge_encoder_keeps_a_fresh_pooler_and_checks_shapes():
     np.testing.assert_array_equal(merged["bert"]["pooler"]["dense"]["kernel"], fresh["bert"]["pooler"]["dense"]["kernel"])
     np.testing.assert_array_equal(merged["classifier"]["kernel"], fresh["classifier"]["kernel"])
     wrong = jax.tree.map(lambda x: np.zeros(x.shape + (1,), x.dtype), encoder)
-    with pytest.raises(ConfigurationError, match="do not fit the head model"):
+    with pytest.raises(ConfigError, match="do not fit the head model"):
         ft.merge_encoder(fresh, wrong)
 
 
@@ -178,12 +177,12 @@ def test_best_epoch_is_selected_and_its_checkpoint_kept(tmp_path, monkeypatch):
 def test_configuration_errors_are_early(tmp_path):
     data = small("sib200-en", train=32, evaluation=16)
     tok = build_tokenizer().backend_tokenizer
-    with pytest.raises(ConfigurationError, match="batch_size=12 is not divisible"):
+    with pytest.raises(ConfigError, match="batch_size=12 is not divisible"):
         ft.finetune(config(data.spec, batch_size=12), tmp_path / "a", data, tok)
-    with pytest.raises(ConfigurationError, match="fewer than one batch"):
+    with pytest.raises(ConfigError, match="fewer than one batch"):
         ft.finetune(config(data.spec, batch_size=64), tmp_path / "b", data, tok)
     regression = dataclasses.replace(config(data.spec), head=HeadConfig(task="regression", num_labels=1))
-    with pytest.raises(ConfigurationError, match="is 'classification'"):
+    with pytest.raises(ConfigError, match="is 'classification'"):
         ft.finetune(regression, tmp_path / "c", data, tok)
 
 

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from bilingual import get_config, sharding
+from bilingual import ConfigError, get_config, sharding
 from bilingual.checkpoints import CheckpointError, load_encoder
 from bilingual.optim import OptimizerConfig
 from bilingual.training import steps
-from bilingual.training.trainer import ConfigurationError, TrainConfig, train
+from bilingual.training.trainer import TrainConfig, train
 from train_helpers import SyntheticBatches
 
 MODEL = get_config("tiny", vocab_size=512, num_layers=1)
@@ -101,13 +101,13 @@ def test_damaged_checkpoint_is_reported_not_loaded(tmp_path):
 ])
 def test_configurations_that_cannot_work_fail_before_compiling(tmp_path, overrides, match):
     batches = SyntheticBatches(["pairs"])
-    with pytest.raises(ConfigurationError, match=match):
+    with pytest.raises(ConfigError, match=match):
         train(config(**overrides), tmp_path, batches)
     assert batches.position == 0  # failed before reading data or compiling
 
 
 def test_batch_of_the_wrong_task_type_is_a_clear_error(tmp_path):
-    with pytest.raises(ConfigurationError, match="task type 'sts'"):
+    with pytest.raises(ConfigError, match="task type 'sts'"):
         train(config("pairs"), tmp_path, SyntheticBatches(["sts"]))
 
 

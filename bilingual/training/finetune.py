@@ -37,12 +37,12 @@ from scipy import stats
 from sklearn.metrics import f1_score
 
 from bilingual import checkpoints, sharding
-from bilingual.config import EncoderConfig
+from bilingual.config import ConfigError, EncoderConfig
 from bilingual.heads import HeadConfig, HeadError, loss_for_head, merge_encoder_params, model_for_head
 from bilingual.optim import OptimizerConfig, make_optimizer
 from bilingual.training import sharded
 from bilingual.training.steps import TrainState
-from bilingual.training.trainer import ConfigurationError, load_matching_encoder
+from bilingual.training.trainer import load_matching_encoder
 from bilingual.training import finetune_batches
 
 log = logging.getLogger("bilingual.finetune")
@@ -149,7 +149,7 @@ def merge_encoder(fresh: dict, encoder_params) -> dict:
     try:
         merged = merge_encoder_params(fresh, encoder_params)
     except HeadError as err:
-        raise ConfigurationError(f"initial encoder parameters do not fit the head model: {err}") from err
+        raise ConfigError(f"initial encoder parameters do not fit the head model: {err}") from err
     return {**merged, "bert": jax.tree.map(lambda x, t: jnp.asarray(x, t.dtype), merged["bert"], fresh["bert"])}
 
 
@@ -211,7 +211,7 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
     spec = data.spec
     head = config.head
     if head.task != spec.head:
-        raise ConfigurationError(f"HeadConfig.task={head.task!r} but task {spec.name!r} is {spec.head!r}")
+        raise ConfigError(f"HeadConfig.task={head.task!r} but task {spec.name!r} is {spec.head!r}")
     if spec.head == "classification" and head.num_labels != len(data.labels):
         head = dataclasses.replace(head, num_labels=len(data.labels))
     workdir = checkpoints.as_path(workdir)
@@ -220,19 +220,19 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
     eval_batch = config.eval_batch_size or config.batch_size
     for name, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch)):
         if value % divisor:
-            raise ConfigurationError(f"FinetuneConfig.{name}={value} is not divisible by the data-parallel size "
+            raise ConfigError(f"FinetuneConfig.{name}={value} is not divisible by the data-parallel size "
                                      f"{divisor} (mesh {dict(mesh.shape)} x {jax.process_count()} processes)")
     if config.num_epochs < 1:
-        raise ConfigurationError(f"FinetuneConfig.num_epochs must be >= 1, got {config.num_epochs}")
+        raise ConfigError(f"FinetuneConfig.num_epochs must be >= 1, got {config.num_epochs}")
     if config.max_length > config.model.max_length:
-        raise ConfigurationError(f"FinetuneConfig.max_length={config.max_length} exceeds the encoder's "
+        raise ConfigError(f"FinetuneConfig.max_length={config.max_length} exceeds the encoder's "
                                  f"max_length {config.model.max_length}")
 
     splits = {name: finetune_batches.tokenize(getattr(data, name), tokenizer, config.max_length)
               for name in ("train", "dev", "test")}
     steps_per_epoch = finetune_batches.num_batches(len(splits["train"]), config.batch_size, drop_remainder=True)
     if steps_per_epoch < 1:
-        raise ConfigurationError(f"task {spec.name!r}: {len(splits['train'])} training rows are fewer than one "
+        raise ConfigError(f"task {spec.name!r}: {len(splits['train'])} training rows are fewer than one "
                                  f"batch of {config.batch_size}")
     total_steps = steps_per_epoch * config.num_epochs
     optimizer = dataclasses.replace(config.optimizer, total_steps=total_steps,
@@ -280,7 +280,7 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
     best_ckpt = BestCheckpoint(workdir / "checkpoints")
     if best_ckpt.steps():
         best_ckpt.close()
-        raise ConfigurationError(f"{workdir / 'checkpoints'} already holds a fine-tuning run; use a new workdir")
+        raise ConfigError(f"{workdir / 'checkpoints'} already holds a fine-tuning run; use a new workdir")
     history: list[dict] = []
     best_epoch, best_value = 0, -np.inf
     base_key = jax.random.key(config.seed + 1)
@@ -318,7 +318,7 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
             report(f"[{spec.name}] epoch {epoch}/{config.num_epochs}: train loss {train_loss:.4f}, dev "
                    + ", ".join(f"{k} {v:.4f}" for k, v in dev.items()) + (" (best)" if improved else ""))
         if best_epoch == 0:
-            raise ConfigurationError(f"task {spec.name!r}: the dev metric {spec.metric} was NaN in every epoch")
+            raise ConfigError(f"task {spec.name!r}: the dev metric {spec.metric} was NaN in every epoch")
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.params)
         best_params = best_ckpt.restore(best_epoch, target)
     finally:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilingual import checkpoints, flops, sharding
-from bilingual.config import EncoderConfig
+from bilingual.config import ConfigError, EncoderConfig
 from bilingual.optim import OptimizerConfig, make_optimizer, make_schedule
 from bilingual.training import sharded, steps
 from bilingual.training.checkpointing import TrainCheckpointer
@@ -66,31 +66,27 @@ class TrainConfig:
     peak_flops_per_device: Optional[float] = None
 
 
-class ConfigurationError(ValueError):
-    """A run that cannot work; raised before anything is compiled."""
-
-
 def validate(config: TrainConfig, mesh) -> None:
     """One-line reasons for configurations that cannot work."""
     if config.stage not in STAGES:
-        raise ConfigurationError(f"TrainConfig.stage={config.stage!r} is unknown; expected one of {tuple(STAGES)}")
+        raise ConfigError(f"TrainConfig.stage={config.stage!r} is unknown; expected one of {tuple(STAGES)}")
     divisor = sharding.batch_divisor(mesh)
     if config.batch_size % divisor:
-        raise ConfigurationError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
                                  f"data-parallel size {divisor} (mesh {dict(mesh.shape)})")
     if config.batch_size % jax.process_count():
-        raise ConfigurationError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
+        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
                                  f"{jax.process_count()} processes")
     chunks = config.step.gradcache_chunks
     if chunks < 1 or (chunks > 1 and config.batch_size % (chunks * divisor)):
-        raise ConfigurationError(f"StepConfig.gradcache_chunks={chunks}: the batch of {config.batch_size} must "
+        raise ConfigError(f"StepConfig.gradcache_chunks={chunks}: the batch of {config.batch_size} must "
                                  f"split into {chunks} chunks x {divisor} batch shards")
     if config.num_steps < 1:
-        raise ConfigurationError(f"TrainConfig.num_steps must be >= 1, got {config.num_steps}")
+        raise ConfigError(f"TrainConfig.num_steps must be >= 1, got {config.num_steps}")
     if config.step.sts_loss not in ("pearson", "mse"):
-        raise ConfigurationError(f"StepConfig.sts_loss={config.step.sts_loss!r}: expected 'pearson' or 'mse'")
+        raise ConfigError(f"StepConfig.sts_loss={config.step.sts_loss!r}: expected 'pearson' or 'mse'")
     if config.init_from is not None and not checkpoints.as_path(config.init_from).exists():
-        raise ConfigurationError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
+        raise ConfigError(f"TrainConfig.init_from={config.init_from!r} does not exist (the previous "
                                  "stage's checkpoint directory or a Hugging Face export)")
 
 
@@ -111,7 +107,7 @@ def load_matching_encoder(path: str, model: EncoderConfig, key: str) -> Any:
     different = {f: (getattr(init_config, f), getattr(model, f)) for f in ARCHITECTURE_FIELDS
                  if getattr(init_config, f) != getattr(model, f)}
     if different:
-        raise ConfigurationError(f"{key}={path!r} holds a different architecture (checkpoint vs run): {different}")
+        raise ConfigError(f"{key}={path!r} holds a different architecture (checkpoint vs run): {different}")
     return encoder_params
 
 
@@ -180,7 +176,7 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *,
             host_batch = next(batches)
             task_type = host_batch["task_type"]
             if task_type not in step_fns:
-                raise ConfigurationError(f"stage {config.stage!r} got a batch of task type {task_type!r} "
+                raise ConfigError(f"stage {config.stage!r} got a batch of task type {task_type!r} "
                                          f"(task {host_batch.get('task')!r}); expected {tuple(step_fns)}")
             arrays = {k: v for k, v in host_batch.items() if k in steps.batch_keys(task_type)}
             global_batch = _global_shapes(arrays)
