@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import optax
 from flax import traverse_util
 
@@ -66,7 +65,3 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
         optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
                     weight_decay=config.weight_decay, mask=decay_mask),
     )
-
-
-def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
