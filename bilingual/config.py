@@ -23,7 +23,8 @@ ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "
 
 
 class ConfigError(ValueError):
-    """An invalid configuration; the message names the offending field."""
+    """An invalid configuration (encoder, head, training or fine-tuning run), raised before anything is
+    compiled; the message names the offending field or key."""
 
 
 @dataclasses.dataclass(frozen=True)

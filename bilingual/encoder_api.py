@@ -224,8 +224,9 @@ class Encoder:
 
     # ------------------------------------------------------------------ integrations
     def as_mteb(self, **meta):
-        """This encoder behind the ``mteb`` ``EncoderProtocol`` (see ``bilingual.mteb_adapter``)."""
-        from bilingual.mteb_adapter import MtebEncoder
+        """This encoder behind the ``mteb`` ``EncoderProtocol``: a ``bilingual.mteb_adapter.MtebEncoder``
+        (``meta``: its keyword arguments, e.g. ``languages``). Needs mteb installed (a test extra)."""
+        from bilingual.mteb_adapter import mteb_encoder_class  # lazy: the adapter imports this module
 
-        return MtebEncoder(encoder=self, **meta)
+        return mteb_encoder_class()(encoder=self, **meta)
 

@@ -13,7 +13,7 @@ Three models, all with the parameter tree of the reference (PyTorch) ``JinaBertF
 
 Token classification and QA never build the pooler (``HeadConfig.pooling`` is ignored for them). Head
 parameters carry logical axis names like ``bilingual.modeling`` (the kernels' hidden axis is ``embed``),
-so ``bilingual.sharding.init_sharded`` places them on a mesh; logits are float32 whatever the compute
+so ``bilingual.training.sharded.init_state`` places them on a mesh; logits are float32 whatever the compute
 dtype. Dropout needs ``rngs={"dropout": key}`` when ``deterministic=False``.
 
 The losses take per-example (or per-token) ``weights`` and return ``(loss, metrics)`` with ``loss`` the
@@ -215,8 +215,8 @@ def init_head_params(model: nn.Module, rng: jax.Array, encoder_params=None, *, e
 
     With ``encoder_params`` (the JinaBert tree: ``checkpoints.load_encoder(...)[1]``, or ``params["bert"]``
     of an MLM checkpoint) they replace ``params["bert"]`` as ``merge_encoder_params`` does.
-    Host-side, unsharded; on a mesh, initialise with ``sharding.init_sharded`` and call
-    ``merge_encoder_params`` on the result.
+    Host-side, unsharded; on a mesh, initialise with ``bilingual.training.sharded.init_state`` and call
+    ``merge_encoder_params`` on its ``params``.
     """
     ids = jnp.ones((1, min(example_length, model.config.max_length)), jnp.int32)
     params = nn.meta.unbox(model.init(rng, ids)["params"])

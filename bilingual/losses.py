@@ -50,16 +50,6 @@ def mlm_loss(logits, targets, weights):
     return loss, {"mlm_accuracy": accuracy, "mlm_tokens": total}
 
 
-def info_nce(queries, passages, temperature: float = DEFAULT_TEMPERATURE):
-    """One-directional InfoNCE: ``mean_i -log softmax_j(s(q_i, p_j) / tau)[i]``.
-
-    ``queries`` ``[B, H]``, ``passages`` ``[B, H]`` (row i is q_i's positive; all others are negatives).
-    """
-    logits = cosine_matrix(queries, passages) / temperature
-    labels = jnp.arange(queries.shape[0])
-    return -jnp.mean(jax.nn.log_softmax(logits, axis=-1)[labels, labels])
-
-
 def bidirectional_info_nce(queries, passages, temperature: float = DEFAULT_TEMPERATURE):
     """``L_NCE(B) + L_NCE(B^dagger)``: query-to-passage plus passage-to-query (TRAINING.md, stage 2).
 

@@ -223,8 +223,11 @@ class Layer(nn.Module):
         return _constrain(h, (BATCH, LENGTH, EMBED))
 
 
-class Encoder(nn.Module):
-    """The stack of layers ``layer_0 .. layer_{N-1}``, optionally rematerialised per layer."""
+class LayerStack(nn.Module):
+    """The stack of layers ``layer_0 .. layer_{N-1}``, optionally rematerialised per layer.
+
+    ``JinaBert`` holds it as ``self.encoder``, so its parameters live under ``encoder/`` (the reference name).
+    """
 
     config: EncoderConfig
 
@@ -297,7 +300,7 @@ class JinaBert(nn.Module):
 
     def setup(self):
         self.embeddings = Embeddings(self.config)
-        self.encoder = Encoder(self.config)
+        self.encoder = LayerStack(self.config)  # the attribute name is the parameter path "encoder/"
         if self.config.add_pooler:
             self.pooler = Pooler(self.config)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-import jax
 import optax
 from flax import traverse_util
 
@@ -70,7 +69,3 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
         optax.adamw(make_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
                     weight_decay=config.weight_decay, mask=decay_mask),
     )
-
-
-def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)

@@ -77,11 +77,6 @@ def sharding_context(mesh: Mesh, rules=LOGICAL_RULES) -> Iterator[None]:
         yield
 
 
-def logical_to_shardings(logical_specs, mesh: Mesh, rules=LOGICAL_RULES):
-    """Map a tree of logical ``PartitionSpec`` to ``NamedSharding`` on ``mesh``."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
-
-
 def check_divisible(abstract_boxed, mesh: Mesh, rules=LOGICAL_RULES) -> None:
     """Fail early, naming the parameter, when a sharded dimension is not divisible by its mesh axes.
 
@@ -108,31 +103,6 @@ def check_divisible(abstract_boxed, mesh: Mesh, rules=LOGICAL_RULES) -> None:
 
 def _is_spec(x) -> bool:
     return isinstance(x, PartitionSpec)
-
-
-def param_shardings(model: nn.Module, mesh: Mesh, *init_args, rules=LOGICAL_RULES, **init_kwargs):
-    """``(shardings, abstract_params)`` for ``model``'s parameters, validated against ``mesh``.
-
-    ``init_args`` are example inputs (shapes only matter). No memory is allocated.
-    """
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_args, **init_kwargs))["params"]
-    check_divisible(abstract, mesh, rules)
-    shardings = logical_to_shardings(nn.get_partition_spec(abstract), mesh, rules)
-    return shardings, nn.meta.unbox(abstract)
-
-
-def init_sharded(model: nn.Module, rng: jax.Array, mesh: Mesh, *init_args, rules=LOGICAL_RULES, **init_kwargs):
-    """Initialise parameters directly in their sharded layout (each device creates only its shard).
-
-    Returns a plain (unboxed) parameter tree of ``jax.Array`` placed per ``LOGICAL_RULES``.
-    """
-    shardings, _ = param_shardings(model, mesh, *init_args, rules=rules, **init_kwargs)
-
-    def init(key):
-        return nn.meta.unbox(model.init(key, *init_args, **init_kwargs)["params"])
-
-    with sharding_context(mesh, rules):
-        return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -1,14 +1,14 @@
 """Builds a stage's batch iterator and evaluation hook from the gin-configured settings.
 
-Importing ``tasks.registry`` registers its gin configurables (``register_data``, ``register_*_task``), so this
-module must be imported before gin files are parsed (``launch.train`` does).
+Importing ``tasks.run_data`` registers the data gin configurables (``register_data``, ``register_*_task``), so
+this module must be imported before gin files are parsed (``launch.train`` does).
 """
 
 from __future__ import annotations
 
 import jax
 
-from tasks import batching, registry
+from tasks import batching, run_data
 
 
 def make_batches(config, data: dict):
@@ -19,7 +19,7 @@ def make_batches(config, data: dict):
     ``tasks.batching.make_batch_iterator`` (``sequence_lengths``, ``rates``, ``mlm_rate``, ...). Each process
     reads its own shard and yields ``global batch / process_count`` rows.
     """
-    registry.register_data()
+    run_data.register_data()
     return batching.make_batch_iterator(
         data["name"], data["split"], config.batch_size // jax.process_count(), data["seed"],
         shard_index=jax.process_index(), num_shards=jax.process_count(), **data["options"])

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks import batching, demo, registry  # noqa: E402
+from tasks import batching, demo, run_data  # noqa: E402
 
 
 def _text(vocab, ids, mask) -> str:
@@ -72,7 +72,7 @@ def main(argv=None) -> list[str]:
         with gin.unlock_config():
             gin.clear_config()
             gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
-        registry.register_data()
+        run_data.register_data()
     elif args.tokenizer:
         demo.register_demo_tasks(args.tokenizer)
     else:

@@ -3,6 +3,7 @@
 ``vocabulary`` (seqio vocabulary over the byte-level BPE tokenizer), ``sources`` (validated TSV/JSONL/text
 and BEIR sources), ``preprocessors`` (tf.data tokenisation per task type), ``mlm`` (packing and whole-word
 masking), ``registry`` (registering tasks, gin entry points), ``mixtures`` (single-task-per-batch mixtures),
+``run_data`` (``register_data``: the gin entry point for a run's data),
 ``batching`` (``make_batch_iterator``: the trainer's entry point), ``demo`` (the bundled demo tasks) and
 ``build_demo_data`` (rebuilds ``data/demo/train``). ``finetune_data`` (labelled probe tasks for the
 ``finetune`` stage: plain numpy, no seqio) and ``build_finetune_data`` (rebuilds ``data/finetune``).

@@ -7,7 +7,8 @@ A task is a ``seqio.Task`` whose output features say its type (``tasks.preproces
     register_pairs_task.files = ["gs://bucket/pairs/*.tsv"]      # TSV with header, or JSONL
     register_pairs_task.tokenizer = "/path/to/tokenizer"
 
-Mixtures live in ``tasks.mixtures``. ``num_examples`` (rows of the train split) feeds size-proportional
+Mixtures live in ``tasks.mixtures``; ``tasks.run_data.register_data`` (the gin entry point for a run's data)
+calls these functions through gin. ``num_examples`` (rows of the train split) feeds size-proportional
 mixture rates; when not given it is counted once by reading the files.
 """
 
@@ -137,24 +138,3 @@ def register_tfds_task(name: str = gin.REQUIRED, task_type: str = gin.REQUIRED, 
         extra.append(pp.cast_score)
     return register_task(name, task_type, source, tokenizer, extra_preprocessors=extra)
 
-
-@gin.configurable
-def register_data(tasks: Sequence[seqio.Task] = (), mixtures: Mapping[str, Mapping[str, float] | Sequence[str]]
-                  | None = None, demo_tokenizer: str | None = None) -> list[str]:
-    """Gin entry point for a run's data; returns the registered names.
-
-    Args:
-      tasks: evaluated references such as ``@pairs_mine/register_pairs_task()`` (gin calls them first).
-      mixtures: mixture name -> {task: rate} (explicit rates) or [tasks] (rates by size); registered after the
-        tasks.
-      demo_tokenizer: if set, also register the bundled demo tasks and mixtures with this tokenizer.
-    """
-    from tasks import demo, mixtures as mixtures_lib
-
-    names = [t.name for t in tasks]
-    if demo_tokenizer:
-        names += demo.register_demo_tasks(demo_tokenizer)
-    for name, spec in (mixtures or {}).items():
-        mixtures_lib.register_mixture(name, spec)
-        names.append(name)
-    return names

@@ -11,6 +11,7 @@ from scipy.special import log_softmax
 
 from bilingual import JinaBert, get_config, sharding
 from bilingual.config import ConfigError
+from bilingual.training import sharded
 from bilingual.heads import (
     MASKED_LOGIT, HeadConfig, HeadError, JinaBertForQuestionAnswering, JinaBertForSequenceClassification,
     JinaBertForTokenClassification, classification_loss, init_head_params, loss_for_head, merge_encoder_params,
@@ -283,7 +284,7 @@ def test_heads_shard_on_a_mesh():
     head = HeadConfig("classification", num_labels=4)
     model = model_for_head(CONFIG, head)
     ids, mask, types = batch(lengths=[9, 5, 1, 9])
-    params = sharding.init_sharded(model, jax.random.key(0), mesh, ids)
+    params = sharded.init_state(model, optax.sgd(0.1), mesh, jax.random.key(0), ids)[0].params
     assert params["classifier"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     # A pre-trained encoder put in place on the mesh keeps the tree (and so the shardings) of the model.
     encoder = jax.device_put(encoder_params(False), jax.tree.map(lambda x: x.sharding, {

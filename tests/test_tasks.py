@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from bilingual import tokenizer as bpe
 from bilingual.rows import SKIPPED_ROWS, DataError
-from tasks import batching, demo, mlm, registry, sources
+from tasks import batching, demo, mlm, registry, run_data, sources
 from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, tok, tok_dir, write  # noqa: F401 (fixtures)
 
 LENGTHS = {"text": 128, "query": 24, "passage": 48, "negatives": 40, "a": 20, "b": 20}
@@ -296,7 +296,7 @@ def test_user_data_gin_template_registers_working_tasks(tmp_path, tok_dir, tok):
     text = (ROOT / "gin/datasets/user_data.gin").read_text().replace("/data/", f"{tmp_path}/")
     gin.clear_config()
     gin.parse_config([text, f'TOKENIZER = "{tok_dir}"'])
-    names = registry.register_data()
+    names = run_data.register_data()
     gin.clear_config()
     assert names == ["mlm_de_mine", "mlm_en_mine", "pairs_de_mine", "retrieval_de_mine", "sts_de_mine",
                      "mlm_de_en_mine", "multitask_de_mine"]
@@ -315,7 +315,7 @@ def test_demo_gin_parses(tok_dir):
 
     gin.clear_config()
     gin.parse_config_files_and_bindings([str(ROOT / "gin/datasets/demo.gin")], [f'DEMO_TOKENIZER = "{tok_dir}"'])
-    names = registry.register_data()
+    names = run_data.register_data()
     gin.clear_config()
     assert set(demo.TASKS + demo.MIXTURES) == set(names)
 

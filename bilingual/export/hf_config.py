@@ -28,7 +28,6 @@ FLAX_LAYOUT_OF = {hf: flax for flax, hf in HF_LAYOUT_OF.items()}
 # first, jina-embeddings-v2-base-es (and base-code) at the second.
 UPSTREAM_REPOS = {STANDARD_LAYOUT: "jinaai/jina-bert-implementation",
                   QK_POST_NORM_LAYOUT: "jinaai/jina-bert-v2-qk-post-norm"}
-UPSTREAM_REPO = UPSTREAM_REPOS[STANDARD_LAYOUT]
 
 _AUTO_CLASSES = {
     "AutoConfig": "configuration_bert.JinaBertConfig",
