@@ -6,7 +6,9 @@ from launch import demo
 
 
 def test_demo_runs_all_stages_and_exports(tmp_path, capsys):
+    # 2 steps: the schedule follows num_steps, so its warmup must fit in them
     demo.main(["--workdir", str(tmp_path), "--gin_bindings", "TrainConfig.num_steps = 2",
+               "--gin_bindings", "OptimizerConfig.warmup_steps = 1",
                "--gin_bindings", "TrainConfig.batch_size = 8", "--gin_bindings", "TrainConfig.log_every = 1"])
     out = capsys.readouterr().out
     for stage in ("mlm", "pairs", "multitask"):
@@ -21,10 +23,11 @@ def test_ablation_runs_each_sts_variant(tmp_path, capsys):
     from launch import ablation
 
     demo.main(["--workdir", str(tmp_path / "demo"), "--gin_bindings", "TrainConfig.num_steps = 2",
-               "--gin_bindings", "TrainConfig.batch_size = 8"])
+               "--gin_bindings", "OptimizerConfig.warmup_steps = 1", "--gin_bindings", "TrainConfig.batch_size = 8"])
     ablation.main(["--pairs", str(tmp_path / "demo" / "pairs" / "checkpoints"),
                    "--tokenizer", str(tmp_path / "demo" / "tokenizer"), "--workdir", str(tmp_path / "ablation"),
                    "--seeds", "0", "1", "--gin_bindings", "TrainConfig.num_steps = 2",
+                   "--gin_bindings", "OptimizerConfig.warmup_steps = 1",
                    "--gin_bindings", "TrainConfig.batch_size = 8"])
     out = capsys.readouterr().out
     for variant in ("pearson", "mse", "no STS"):

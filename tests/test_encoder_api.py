@@ -12,6 +12,7 @@ import pytest
 import numpy_reference as ref
 from tokenizer_fixture import build_tokenizer, tokenizer_dir
 from bilingual import JinaBert, JinaBertForMaskedLM, get_config, hf_layout
+from bilingual.artifacts import CheckpointError
 from bilingual.artifacts import save_model as save_encoder
 from bilingual.encoder_api import Encoder, bucket_length, bucket_rows
 
@@ -174,7 +175,7 @@ def test_from_orbax_checkpoint(model, encoder, tmp_path):
     loaded = Encoder.from_checkpoint(tmp_path / "b" / "2", tokenizer=tokenizer_dir())
     np.testing.assert_allclose(loaded.encode(TEXTS), expected, atol=1e-6)
     # no tokenizer anywhere -> a clear error; a tokenizer/ folder in the checkpoint root is found
-    with pytest.raises(FileNotFoundError, match=r"no tokenizer for checkpoint .*b"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer recorded with checkpoint .*b"):
         Encoder.from_checkpoint(tmp_path / "b")
     build_tokenizer().save_pretrained(str(tmp_path / "b" / "tokenizer"))
     np.testing.assert_allclose(Encoder.from_checkpoint(tmp_path / "b").encode(TEXTS), expected, atol=1e-6)

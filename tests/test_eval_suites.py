@@ -143,7 +143,9 @@ def test_eval_hook(tiny_checkpoint):
     shifted = jax.tree.map(lambda x: x * 1.5, params)
     second = hook(event(10, shifted))
     assert second["eval/average"] != first["eval/average"]
-    assert hook(event(12, shifted, last=True)) == second  # the last step always evaluates
+    final = hook(event(12, shifted, last=True))  # the last step always evaluates, whatever the cadence
+    assert {k: v for k, v in final.items() if k != "eval/seconds"} == {k: v for k, v in second.items()
+                                                                       if k != "eval/seconds"}
     with pytest.raises(DataError, match="missing evaluation file"):
         make_eval_hook("de", data_root="/nonexistent", tokenizer=tokenizer_dir())
 

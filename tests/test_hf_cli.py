@@ -100,7 +100,7 @@ def test_export_reads_a_trainer_checkpoint(setup, tmp_path):
     import jax.numpy as jnp
     import optax
 
-    from bilingual.training.checkpointing import TrainCheckpointer
+    from bilingual.artifacts import TrainCheckpointer
     from bilingual.training.steps import TrainState
 
     base, config, params = setup

@@ -24,7 +24,8 @@ MODULES = {_module_name(p): p for package in PACKAGES for p in sorted((ROOT / pa
 
 def _imports(module: str, path: pathlib.Path, lazy: bool) -> set[str]:
     """Names of the modules ``module`` imports. ``lazy=False``: only statements that run at import time
-    (module and class bodies, including ``if``/``try`` blocks); ``lazy=True``: also those inside functions.
+    (module and class bodies, including ``if``/``try`` blocks, except ``if TYPE_CHECKING:``); ``lazy=True``:
+    also those inside functions and ``TYPE_CHECKING`` blocks.
     ``from a import b`` counts as importing ``a.b`` when that is a module of ours, else ``a``."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -32,6 +33,9 @@ def _imports(module: str, path: pathlib.Path, lazy: bool) -> set[str]:
     def visit(node, in_function: bool):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            # ``if TYPE_CHECKING:`` imports never run: annotations only, like lazy ones
+            inside = inside or (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                                and child.test.id == "TYPE_CHECKING")
             if inside and not lazy:
                 continue
             if isinstance(child, ast.Import):

@@ -37,7 +37,7 @@ from bilingual.heads import HeadConfig
 from bilingual.optim import OptimizerConfig
 from bilingual.training import finetune_batches, objectives
 from bilingual.training.hooks import Hook, StepEvent
-from bilingual.training.trainer import TrainConfig, train
+from bilingual.training.trainer import TrainConfig, check_global_batch, train
 
 log = logging.getLogger("bilingual.finetune")
 
@@ -247,12 +247,9 @@ def finetune(config: FinetuneConfig, workdir, data, tokenizer, *,
         head = dataclasses.replace(head, num_labels=len(data.labels))
     workdir = artifacts.as_path(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    divisor = sharding.batch_divisor(mesh) * jax.process_count()
     eval_batch = config.eval_batch_size or config.batch_size
     for name, value in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch)):
-        if value % divisor:
-            raise ConfigError(f"FinetuneConfig.{name}={value} is not divisible by the data-parallel size "
-                              f"{divisor} (mesh {dict(mesh.shape)} x {jax.process_count()} processes)")
+        check_global_batch(f"FinetuneConfig.{name}", value, mesh)
     if config.num_epochs < 1:
         raise ConfigError(f"FinetuneConfig.num_epochs must be >= 1, got {config.num_epochs}")
     if config.max_length > config.model.max_length:

@@ -83,13 +83,8 @@ def validate(config: TrainConfig, mesh) -> None:
     """One-line reasons for configurations that cannot work."""
     if config.stage not in STAGES:
         raise ConfigError(f"TrainConfig.stage={config.stage!r} is unknown; expected one of {tuple(STAGES)}")
+    check_global_batch("TrainConfig.batch_size", config.batch_size, mesh)
     divisor = sharding.batch_divisor(mesh)
-    if config.batch_size % divisor:
-        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
-                          f"data-parallel size {divisor} (mesh {dict(mesh.shape)})")
-    if config.batch_size % jax.process_count():
-        raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is not divisible by the "
-                          f"{jax.process_count()} processes")
     chunks = config.step.gradcache_chunks
     if chunks < 1 or (chunks > 1 and config.batch_size % (chunks * divisor)):
         raise ConfigError(f"StepConfig.gradcache_chunks={chunks}: the batch of {config.batch_size} must "
@@ -119,6 +114,17 @@ def tokenizer_size(path: str) -> int:
         return tokenizer_lib.load(path).get_vocab_size()
     except (tokenizer_lib.TokenizerError, OSError, ValueError) as err:
         raise ConfigError(f"TrainConfig.tokenizer={path!r}: {err}") from err
+
+
+def check_global_batch(key: str, value: int, mesh) -> None:
+    """The one rule for a global batch: it splits evenly over the batch shards of the mesh and over the
+    processes (each process passes ``value / process_count`` rows)."""
+    divisor = sharding.batch_divisor(mesh)
+    if value % divisor:
+        raise ConfigError(f"{key}={value} is not divisible by the data-parallel size {divisor} "
+                          f"(mesh {dict(mesh.shape)})")
+    if value % jax.process_count():
+        raise ConfigError(f"{key}={value} is not divisible by the {jax.process_count()} processes")
 
 
 @dataclasses.dataclass
