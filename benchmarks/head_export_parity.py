@@ -13,19 +13,16 @@ the tests use. CPU, float32 matmuls at full precision.
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hf_parity import batch, init, train_tokenizer  # same directory: the encoder parity script
+from hf_parity import init, parity_setup, parse_args  # same directory: the encoder parity script
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from bilingual.config import get_config  # noqa: E402
 from bilingual.export.hf_classifier import ARCHITECTURES, AUTO_CLASSES, export_classifier  # noqa: E402
 from bilingual.heads import HeadConfig, init_head_params, model_for_head  # noqa: E402
 
@@ -62,25 +59,14 @@ def head_params(config, head, encoder, seed=0):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", default="1,16,128,600,2048")
-    parser.add_argument("--layout", default="post_ln", choices=("post_ln", "qk_post_norm"))
-    args = parser.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths, layout = parse_args(__doc__)
 
     import torch
     import transformers
 
-    torch.set_num_threads(2)
-    texts = sentences()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        tokenizer = train_tokenizer(texts, tmp / "tok")
-        layout = dict(layer_layout=args.layout, qk_layernorm=args.layout == "qk_post_norm")
-        config = get_config("tiny", vocab_size=1024, hidden_dropout=0.0, pad_token_id=1, **layout)
+    with parity_setup(sentences(), lengths, layout) as (tmp, tokenizer, config, ids, mask):
         encoder = init(config, masked_lm=False)
-        ids, mask = batch(tokenizer, texts, lengths)
         types = ((np.arange(ids.shape[1])[None, :] >= np.asarray(lengths)[:, None] // 2) * mask).astype(np.int32)
         valid = mask.astype(bool)
         inputs = dict(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),

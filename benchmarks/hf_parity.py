@@ -11,6 +11,7 @@ chunked attention and the PyTorch query-blocked path. CPU, float32 matmuls at fu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import pathlib
@@ -84,29 +85,44 @@ def batch(tokenizer, texts, lengths):
     return ids, mask
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(description: str) -> tuple[list[int], str]:
+    """``--lengths`` (the batch rows' token counts) and ``--layout``, the options of both parity scripts."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="1,16,128,600,2048")
     parser.add_argument("--layout", default="post_ln", choices=("post_ln", "qk_post_norm"),
                         help="EncoderConfig.layer_layout; qk_post_norm is the jina-bert-v2-qk-post-norm layer "
                              "(base-es), exported under its published names")
     args = parser.parse_args()
-    lengths = [int(x) for x in args.lengths.split(",")]
+    return [int(x) for x in args.lengths.split(",")], args.layout
+
+
+@contextlib.contextmanager
+def parity_setup(texts, lengths, layout):
+    """The set-up both parity scripts share, in a temporary directory ``tmp``: torch on 2 threads, a BPE
+    trained on ``texts`` (saved in ``tmp/tok``), the ``tiny`` config in ``layout`` and the batch of
+    ``lengths``. Yields ``(tmp, tokenizer, config, ids, mask)``."""
+    import torch
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        tokenizer = train_tokenizer(texts, tmp / "tok")
+        config = get_config("tiny", vocab_size=1024, hidden_dropout=0.0, pad_token_id=1, layer_layout=layout,
+                            qk_layernorm=layout == "qk_post_norm")
+        ids, mask = batch(tokenizer, texts, lengths)
+        yield tmp, tokenizer, config, ids, mask
+
+
+def main() -> None:
+    lengths, layout = parse_args(__doc__)
 
     import torch
     import transformers
     from sentence_transformers import SentenceTransformer
 
-    torch.set_num_threads(2)
-    texts = sentences()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = pathlib.Path(tmp)
-        tokenizer = train_tokenizer(texts, tmp / "tok")
-        layout = dict(layer_layout=args.layout, qk_layernorm=args.layout == "qk_post_norm")
-        config = get_config("tiny", vocab_size=1024, hidden_dropout=0.0, pad_token_id=1, **layout)
+    with parity_setup(sentences(), lengths, layout) as (tmp, tokenizer, config, ids, mask):
         params = init(config, masked_lm=True)
-        ids, mask = batch(tokenizer, texts, lengths)
         valid = mask.astype(bool)
         start = time.perf_counter()
         logits, flax_out = modeling.JinaBertForMaskedLM(config).apply({"params": params}, jnp.asarray(ids),

@@ -24,7 +24,7 @@ They are pure ``jnp`` and jit-friendly; under a mesh, the sums are global (XLA i
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import flax.linen as nn
 import jax
@@ -110,23 +110,39 @@ def _output_dense(features: int, initializer_range: float, name: str) -> nn.Dens
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)), name=name)
 
 
-class JinaBertForSequenceClassification(nn.Module):
+class _HeadModel(nn.Module):
+    """The shared part: the fields, the task check and the encoder at ``bert`` (with the pooler exactly when
+    the head uses it). Subclasses name the tasks they serve and add their output layers in ``setup``."""
+
+    config: EncoderConfig
+    head: HeadConfig
+    serves: ClassVar[tuple[str, ...]] = ()
+
+    def setup(self):
+        if self.head.task not in self.serves:
+            served = repr(self.serves[0]) if len(self.serves) == 1 else str(self.serves)
+            raise ConfigError(f"HeadConfig.task={self.head.task!r}: {type(self).__name__} serves "
+                              f"{served}; use model_for_head")
+        self.bert = JinaBert(encoder_config_for_head(self.config, self.head))
+
+
+class _ClassifierHeadModel(_HeadModel):
+    """Encoder, dropout (rate ``head.dropout``) and the dense ``classifier`` ``[H, num_labels]``."""
+
+    def setup(self):
+        super().setup()
+        self.dropout = nn.Dropout(self.head.dropout)
+        self.classifier = _output_dense(self.head.num_labels, self.config.initializer_range, "classifier")
+
+
+class JinaBertForSequenceClassification(_ClassifierHeadModel):
     """Encoder, pooling, dropout, one dense layer. Classification and regression.
 
     ``__call__(input_ids [B, L] int, attention_mask [B, L] (1 = token) = all ones,
     token_type_ids [B, L] int = zeros, deterministic=True) -> logits [B, num_labels] float32``.
     """
 
-    config: EncoderConfig
-    head: HeadConfig
-
-    def setup(self):
-        if self.head.task not in SEQUENCE_TASKS:
-            raise ConfigError(f"HeadConfig.task={self.head.task!r}: JinaBertForSequenceClassification serves "
-                              f"{SEQUENCE_TASKS}; use model_for_head")
-        self.bert = JinaBert(encoder_config_for_head(self.config, self.head))
-        self.dropout = nn.Dropout(self.head.dropout)
-        self.classifier = _output_dense(self.head.num_labels, self.config.initializer_range, "classifier")
+    serves: ClassVar[tuple[str, ...]] = SEQUENCE_TASKS
 
     def pooled(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         """The pooled representation ``[B, H]`` float32 the classifier sees (before dropout)."""
@@ -145,23 +161,14 @@ class JinaBertForSequenceClassification(nn.Module):
         return nn.with_logical_constraint(logits, (BATCH, None))
 
 
-class JinaBertForTokenClassification(nn.Module):
+class JinaBertForTokenClassification(_ClassifierHeadModel):
     """Encoder, dropout, one dense layer per token.
 
     ``__call__(input_ids [B, L], attention_mask, token_type_ids, deterministic) -> logits [B, L, C] float32``
     (padding positions are computed too; the loss ignores them through its weights).
     """
 
-    config: EncoderConfig
-    head: HeadConfig
-
-    def setup(self):
-        if self.head.task != "token_classification":
-            raise ConfigError(f"HeadConfig.task={self.head.task!r}: JinaBertForTokenClassification serves "
-                              "'token_classification'; use model_for_head")
-        self.bert = JinaBert(encoder_config_for_head(self.config, self.head))
-        self.dropout = nn.Dropout(self.head.dropout)
-        self.classifier = _output_dense(self.head.num_labels, self.config.initializer_range, "classifier")
+    serves: ClassVar[tuple[str, ...]] = ("token_classification",)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
         out = self.bert(input_ids, attention_mask, token_type_ids, None, deterministic)
@@ -169,21 +176,17 @@ class JinaBertForTokenClassification(nn.Module):
         return nn.with_logical_constraint(self.classifier(hidden), (BATCH, LENGTH, None))
 
 
-class JinaBertForQuestionAnswering(nn.Module):
+class JinaBertForQuestionAnswering(_HeadModel):
     """Encoder and a ``[H, 2]`` span layer (``qa_outputs``), as the reference (no dropout).
 
     ``__call__(...) -> (start_logits [B, L], end_logits [B, L])`` float32; positions with
     ``attention_mask == 0`` are set to ``MASKED_LOGIT`` so no span can start or end in padding.
     """
 
-    config: EncoderConfig
-    head: HeadConfig
+    serves: ClassVar[tuple[str, ...]] = ("question_answering",)
 
     def setup(self):
-        if self.head.task != "question_answering":
-            raise ConfigError(f"HeadConfig.task={self.head.task!r}: JinaBertForQuestionAnswering serves "
-                              "'question_answering'; use model_for_head")
-        self.bert = JinaBert(encoder_config_for_head(self.config, self.head))
+        super().setup()
         self.qa_outputs = _output_dense(2, self.config.initializer_range, "qa_outputs")
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):

@@ -162,6 +162,19 @@ class Attention(nn.Module):
         return AttentionOutput(cfg, name="output")(context, h, deterministic)
 
 
+def _gated_units(cfg: EncoderConfig, h, name: str, *, gate_first: bool, deterministic: bool):
+    """``dropout(act(gate) * linear)`` ``[B, L, I]`` from the bias-free projection ``name`` ``[H, 2I]`` of ``h``
+    (created in the calling module's compact scope), whose halves are ``[gate | linear]`` when ``gate_first``,
+    else ``[linear | gate]``. ``act`` is exact-erf GELU for GEGLU and ReLU for ReGLU.
+    """
+    both = _dense(cfg, 2 * cfg.intermediate_size, (EMBED, MLP), name, use_bias=False)(h)
+    first, second = both[..., :cfg.intermediate_size], both[..., cfg.intermediate_size:]
+    gate, linear = (first, second) if gate_first else (second, first)
+    act = gelu_exact if cfg.feed_forward_type == "geglu" else jax.nn.relu
+    x = _constrain(act(gate) * linear, (BATCH, LENGTH, MLP))
+    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
 class GLUMLP(nn.Module):
     """``LayerNorm(h + wo(dropout(act(gate) * linear)))`` with ``[gate | linear] = gated_layers(h)``.
 
@@ -173,11 +186,7 @@ class GLUMLP(nn.Module):
     @nn.compact
     def __call__(self, h, deterministic: bool):
         cfg = self.config
-        both = _dense(cfg, 2 * cfg.intermediate_size, (EMBED, MLP), "gated_layers", use_bias=False)(h)
-        gate, linear = both[..., :cfg.intermediate_size], both[..., cfg.intermediate_size:]
-        act = gelu_exact if cfg.feed_forward_type == "geglu" else jax.nn.relu
-        x = _constrain(act(gate) * linear, (BATCH, LENGTH, MLP))
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        x = _gated_units(cfg, h, "gated_layers", gate_first=True, deterministic=deterministic)
         x = _dense(cfg, cfg.hidden_size, (MLP, EMBED), "wo")(x)
         return _layer_norm(cfg, "layernorm")(x + h)
 
@@ -193,11 +202,7 @@ class UpGatedMLP(nn.Module):
     @nn.compact
     def __call__(self, h, deterministic: bool):
         cfg = self.config
-        both = _dense(cfg, 2 * cfg.intermediate_size, (EMBED, MLP), "up_gated_layer", use_bias=False)(h)
-        up, gate = both[..., :cfg.intermediate_size], both[..., cfg.intermediate_size:]
-        act = gelu_exact if cfg.feed_forward_type == "geglu" else jax.nn.relu
-        x = _constrain(up * act(gate), (BATCH, LENGTH, MLP))
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        x = _gated_units(cfg, h, "up_gated_layer", gate_first=False, deterministic=deterministic)
         return _dense(cfg, cfg.hidden_size, (MLP, EMBED), "down_layer")(x)
 
 

@@ -26,6 +26,11 @@ from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 from bilingual import tokenizer as bpe
 
 
+def _fixed_id(value: int, token: str) -> property:
+    """A read-only ``int`` property that is ``value`` for every vocabulary (the id of ``token``)."""
+    return property(lambda self: value, doc=f"The id of {token}: {value}.")
+
+
 class ByteLevelBPEVocabulary(seqio.Vocabulary):
     """seqio vocabulary backed by ``<dir>/tokenizer.json``; the file is read lazily on first use."""
 
@@ -60,26 +65,12 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
             self._word_start = bpe.word_start_table(self.tokenizer)
         return self._word_start
 
-    # -- ids -----------------------------------------------------------------------------------------------
-    @property
-    def bos_id(self) -> int:
-        return bpe.BOS_ID
-
-    @property
-    def eos_id(self) -> int:
-        return bpe.EOS_ID
-
-    @property
-    def pad_id(self) -> int:
-        return bpe.PAD_ID
-
-    @property
-    def unk_id(self) -> int:
-        return bpe.UNK_ID
-
-    @property
-    def mask_id(self) -> int:
-        return bpe.MASK_ID
+    # -- ids (fixed by bilingual.tokenizer, read-only like seqio's) -------------------------------------------
+    bos_id = _fixed_id(bpe.BOS_ID, "<s>")
+    eos_id = _fixed_id(bpe.EOS_ID, "</s>")
+    pad_id = _fixed_id(bpe.PAD_ID, "<pad>")
+    unk_id = _fixed_id(bpe.UNK_ID, "<unk>")
+    mask_id = _fixed_id(bpe.MASK_ID, "<mask>")
 
     @property
     def num_special_tokens(self) -> int:

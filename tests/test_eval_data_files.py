@@ -34,12 +34,21 @@ def test_sts_loader_errors(tmp_path, body, message):
         load_sts(f)
 
 
-def test_missing_file_and_header(tmp_path):
+def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nope.tsv: no such file"):
         load_sts(tmp_path / "nope.tsv")
-    f = _write(tmp_path / "bad.tsv", "a\tb\tc\nx\ty\t1\n")
-    with pytest.raises(DataError, match=r"bad.tsv:1: header .* lacks column\(s\) \['sentence1'"):
-        load_sts(f)
+
+
+@pytest.mark.parametrize("loader, name, text, message", [
+    (load_sts, "bad.tsv", "a\tb\tc\nx\ty\t1\n", r"bad.tsv:1: header .* lacks column\(s\) \['sentence1'"),
+    (load_pair_labels, "bad.tsv", "sentence1\tsentence2\tlabel\nA\tB\tmaybe\n", r"bad.tsv:2: label 'maybe'"),
+    (load_pair_labels, "one.tsv", "sentence1\tsentence2\tlabel\nA\tB\t1\n", r"one.tsv: all pairs have label 1"),
+    (load_bitext, "e.tsv", "de\ten\nHallo\t \n", r"e.tsv:2: empty text in 'en'"),
+    (load_labelled, "sib2.tsv", "category\ttext\nx\ty\n", r"sib2.tsv:1: header"),
+])
+def test_bad_file_is_named_with_its_line(tmp_path, loader, name, text, message):
+    with pytest.raises(DataError, match=message):
+        loader(_write(tmp_path / name, text))
 
 
 def test_pair_labels_loader(tmp_path):
@@ -52,12 +61,6 @@ def test_pair_labels_loader(tmp_path):
     id_first = _write(tmp_path / "idfirst.tsv", "id\tlabel\tpremise\thypothesis\n7\t1\tP.\tH.\n8\t0\tQ.\tI.\n")
     data = load_pair_labels(id_first)
     assert data.sentences1 == ["P.", "Q."] and data.sentences2 == ["H.", "I."] and data.values.tolist() == [1, 0]
-    bad = _write(tmp_path / "bad.tsv", "sentence1\tsentence2\tlabel\nA\tB\tmaybe\n")
-    with pytest.raises(DataError, match=r"bad.tsv:2: label 'maybe'"):
-        load_pair_labels(bad)
-    one_class = _write(tmp_path / "one.tsv", "sentence1\tsentence2\tlabel\nA\tB\t1\n")
-    with pytest.raises(DataError, match=r"one.tsv: all pairs have label 1"):
-        load_pair_labels(one_class)
 
 
 def test_bitext_loaders(tmp_path):
@@ -70,17 +73,12 @@ def test_bitext_loaders(tmp_path):
     short = _write(tmp_path / "short.en", "Hello\n")
     with pytest.raises(DataError, match=r"bitext line counts differ: .*x.de has 2 lines, .*short.en has 1"):
         load_bitext(de, short)
-    empty_cell = _write(tmp_path / "e.tsv", "de\ten\nHallo\t \n")
-    with pytest.raises(DataError, match=r"e.tsv:2: empty text in 'en'"):
-        load_bitext(empty_cell)
 
 
 def test_labelled_loader(tmp_path):
     f = _write(tmp_path / "sib.tsv", "label\ttext\tindex_id\ntravel\tGo there.\t3\nsports\tPlay.\t4\n")
     data = load_labelled(f)
     assert data.labels == ["travel", "sports"] and data.texts == ["Go there.", "Play."]
-    with pytest.raises(DataError, match=r"sib2.tsv:1: header"):
-        load_labelled(_write(tmp_path / "sib2.tsv", "category\ttext\nx\ty\n"))
 
 
 def _beir(tmp_path, corpus, queries, qrels):

@@ -200,17 +200,21 @@ def test_half_precision_exports(dtype, np_dtype, atol, tmp_path, encoder, tokeni
     _assert_hidden_close(torch_hidden, flax_hidden, mask[:, :64], atol=atol)
 
 
+def upstream_auto_map(repo):
+    """The whole ``auto_map`` of an ``auto_map="upstream"`` export: every class from ``repo``'s published code."""
+    return {
+        "AutoConfig": f"{repo}--configuration_bert.JinaBertConfig",
+        "AutoModel": f"{repo}--modeling_bert.JinaBertModel",
+        "AutoModelForMaskedLM": f"{repo}--modeling_bert.JinaBertForMaskedLM",
+        "AutoModelForSequenceClassification": f"{repo}--modeling_bert.JinaBertForSequenceClassification",
+    }
+
+
 def test_upstream_auto_map(tmp_path, encoder, tokenizer_dir):
     config, params, _ = encoder
     out = export_hf(config, params, tmp_path / "up", tokenizer_dir=tokenizer_dir, auto_map="upstream")
     values = json.loads((out / "config.json").read_text())
-    assert values["auto_map"] == {
-        "AutoConfig": "jinaai/jina-bert-implementation--configuration_bert.JinaBertConfig",
-        "AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel",
-        "AutoModelForMaskedLM": "jinaai/jina-bert-implementation--modeling_bert.JinaBertForMaskedLM",
-        "AutoModelForSequenceClassification":
-            "jinaai/jina-bert-implementation--modeling_bert.JinaBertForSequenceClassification",
-    }
+    assert values["auto_map"] == upstream_auto_map("jinaai/jina-bert-implementation")
     assert not (out / "modeling_bert.py").exists()
     # The qk-LayerNorm in the jina-bert-implementation layer has no published code.
     qk = H.tiny_config(qk_layernorm=True)
@@ -225,13 +229,7 @@ def test_upstream_auto_map_of_the_qk_post_norm_layout(tmp_path, tokenizer_dir):
     out = export_hf(config, H.init_params(config), tmp_path / "up-es", tokenizer_dir=tokenizer_dir,
                     auto_map="upstream")
     values = json.loads((out / "config.json").read_text())
-    assert values["auto_map"] == {
-        "AutoConfig": "jinaai/jina-bert-v2-qk-post-norm--configuration_bert.JinaBertConfig",
-        "AutoModel": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel",
-        "AutoModelForMaskedLM": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertForMaskedLM",
-        "AutoModelForSequenceClassification":
-            "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertForSequenceClassification",
-    }
+    assert values["auto_map"] == upstream_auto_map("jinaai/jina-bert-v2-qk-post-norm")
     assert values["layer_layout"] == "jina-bert-v2-qk-post-norm" and values["qk_layernorm"] is True
     assert not (out / "modeling_bert.py").exists()
     assert "`jinaai/jina-bert-v2-qk-post-norm` on the Hugging Face Hub" in (out / "README.md").read_text()

@@ -66,25 +66,6 @@ def test_gelu_is_the_exact_erf_form():
     assert np.abs(np.asarray(jax.nn.gelu(jnp.asarray(x), approximate=True)) - exact).max() > 1e-4
 
 
-def test_glu_split_order_first_half_is_the_gate():
-    """Swapping the gate and linear halves of gated_layers changes the output; the reference order wins."""
-    config = get_config("tiny", hidden_dropout=0.0)
-    ids, mask = random_batch(2, 12, [12, 7], config.vocab_size)
-    params = perturb(init_params(config, ids))
-    state = hf_layout.to_state_dict(params)
-    inter = config.intermediate_size
-    swapped = dict(state)
-    for n in range(config.num_layers):
-        w = state[f"encoder.layer.{n}.mlp.gated_layers.weight"]
-        swapped[f"encoder.layer.{n}.mlp.gated_layers.weight"] = np.concatenate([w[inter:], w[:inter]])
-    out = np.asarray(JinaBert(config).apply({"params": params}, ids, mask).embedding)
-    kwargs = dict(num_heads=4, num_layers=config.num_layers, intermediate=inter)
-    right = ref.forward(state, ids, mask, **kwargs)[1]
-    wrong = ref.forward(swapped, ids, mask, **kwargs)[1]
-    np.testing.assert_allclose(out, right, atol=1e-5)
-    assert np.abs(out - wrong).max() > 1e-3
-
-
 def test_post_layernorm_output_is_normalised():
     """Post-LN: every layer output (and so the last hidden state) is a LayerNorm output."""
     config = get_config("tiny", hidden_dropout=0.0)
@@ -263,17 +244,25 @@ def test_qk_post_norm_parameters_carry_logical_axis_names():
     assert all(isinstance(leaf, nn.Partitioned) for leaf in flat.values())
 
 
-def test_qk_post_norm_split_order_first_half_is_linear():
-    """Swapping the halves of up_gated_layer changes the output: the second half is the gate."""
-    config, ids, mask, params = qk_post_norm_setup()
+@pytest.mark.parametrize("layout,projection", [("post_ln", "gated_layers"), ("qk_post_norm", "up_gated_layer")])
+def test_gated_projection_split_order(layout, projection):
+    """Swapping the halves of the gated projection changes the output and the reference order wins:
+    post_ln's gated_layers is [gate | linear], qk_post_norm's up_gated_layer is [linear | gate]."""
+    if layout == "qk_post_norm":
+        config, ids, mask, params = qk_post_norm_setup()
+    else:
+        config = get_config("tiny", hidden_dropout=0.0)
+        ids, mask = random_batch(2, 12, [12, 7], config.vocab_size)
+        params = perturb(init_params(config, ids))
+    assert config.layer_layout == layout
     state = hf_layout.to_state_dict(params)
     inter = config.intermediate_size
     swapped = dict(state)
     for n in range(config.num_layers):
-        w = state[f"encoder.layer.{n}.mlp.up_gated_layer.weight"]
-        swapped[f"encoder.layer.{n}.mlp.up_gated_layer.weight"] = np.concatenate([w[inter:], w[:inter]])
+        w = state[f"encoder.layer.{n}.mlp.{projection}.weight"]
+        swapped[f"encoder.layer.{n}.mlp.{projection}.weight"] = np.concatenate([w[inter:], w[:inter]])
     out = np.asarray(JinaBert(config).apply({"params": params}, ids, mask).embedding)
-    kwargs = dict(num_heads=config.num_heads, num_layers=config.num_layers, intermediate=inter, layout="qk_post_norm")
+    kwargs = dict(num_heads=config.num_heads, num_layers=config.num_layers, intermediate=inter, layout=layout)
     np.testing.assert_allclose(out, ref.forward(state, ids, mask, **kwargs)[1], atol=1e-5)
     assert np.abs(out - ref.forward(swapped, ids, mask, **kwargs)[1]).max() > 1e-3
 

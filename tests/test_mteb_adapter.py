@@ -71,41 +71,53 @@ def _load(name):
     return suites.load_task_data(task, suites.DEMO_DATA_ROOT, limit=N)
 
 
-class DemoSTS(sts.MockSTSTask):
+class DemoData:
+    """Mixin for an mteb mock task: ``load_data`` fills it with the first ``N`` rows of our suite task
+    ``demo_task`` (bundled demo data), in the layout ``dataset_from(data)`` builds."""
+
+    demo_task: str
+
+    def load_data(self, num_proc=None, **kwargs):
+        self.dataset = self.dataset_from(_load(self.demo_task))
+        self.data_loaded = True
+
+
+def _test_split(columns):
+    return DatasetDict({"test": Dataset.from_dict(columns)})
+
+
+class DemoSTS(DemoData, sts.MockSTSTask):
+    demo_task = "STSb-de"
     min_score, max_score = 0, 5
 
-    def load_data(self, num_proc=None, **kwargs):
-        d = _load("STSb-de")
-        self.dataset = DatasetDict({"test": Dataset.from_dict(
-            {"sentence1": d.sentences1, "sentence2": d.sentences2, "score": d.values.tolist()})})
-        self.data_loaded = True
+    def dataset_from(self, d):
+        return _test_split({"sentence1": d.sentences1, "sentence2": d.sentences2, "score": d.values.tolist()})
 
 
-class DemoBitext(bitext_mining.MockBitextMiningTask):
-    def load_data(self, num_proc=None, **kwargs):
-        d = _load("Tatoeba-de-en")
-        self.dataset = DatasetDict({"test": Dataset.from_dict({"sentence1": d.source, "sentence2": d.target})})
-        self.data_loaded = True
+class DemoBitext(DemoData, bitext_mining.MockBitextMiningTask):
+    demo_task = "Tatoeba-de-en"
+
+    def dataset_from(self, d):
+        return _test_split({"sentence1": d.source, "sentence2": d.target})
 
 
-class DemoPairs(pair_classification.MockPairClassificationTask):
-    def load_data(self, num_proc=None, **kwargs):
-        d = _load("SQAC-QNLI-es")
-        self.dataset = DatasetDict({"test": Dataset.from_dict(
-            {"sentence1": d.sentences1, "sentence2": d.sentences2, "labels": d.values.tolist()})})
-        self.data_loaded = True
+class DemoPairs(DemoData, pair_classification.MockPairClassificationTask):
+    demo_task = "SQAC-QNLI-es"
+
+    def dataset_from(self, d):
+        return _test_split({"sentence1": d.sentences1, "sentence2": d.sentences2, "labels": d.values.tolist()})
 
 
-class DemoRetrieval(mock_retrieval.MockRetrievalTask):
-    def load_data(self, num_proc=None, **kwargs):
-        d = _load("XQuAD-de-de")
+class DemoRetrieval(DemoData, mock_retrieval.MockRetrievalTask):
+    demo_task = "XQuAD-de-de"
+
+    def dataset_from(self, d):
         split = mock_retrieval.base_retrieval_datasplit()
         split["queries"] = Dataset.from_list([{"id": q, "text": t} for q, t in d.queries.items()])
         split["corpus"] = Dataset.from_list([{"id": i, "text": t} for i, t in d.corpus.items()])
         split["relevant_docs"] = d.qrels
         split["top_ranked"] = None
-        self.dataset = {"default": {"test": split, "val": split}}
-        self.data_loaded = True
+        return {"default": {"test": split, "val": split}}
 
 
 class Short:
