@@ -257,11 +257,6 @@ class TrainCheckpointer:
         state = type(target)(step=step_array, params=restored.model, opt_state=restored.opt_state)
         return state, meta, dict(restored.data)
 
-    def restore_params(self, step: int, target):
-        """Only the parameters of ``step``, into ``target`` (a tree of ``jax.ShapeDtypeStruct``)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
-        return restored.model
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

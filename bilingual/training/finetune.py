@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import time
 from typing import Any, Callable, Optional
 
@@ -38,11 +37,6 @@ from bilingual.optim import OptimizerConfig
 from bilingual.training import finetune_batches, objectives
 from bilingual.training.hooks import Hook, StepEvent
 from bilingual.training.trainer import TrainConfig, check_global_batch, train
-
-log = logging.getLogger("bilingual.finetune")
-
-MODEL_KIND = "sequence_classification"
-
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:

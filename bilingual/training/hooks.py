@@ -86,7 +86,7 @@ class CheckpointHook(Hook):
     def __init__(self, checkpointer, *, every: int, meta: Callable[[StepEvent], dict],
                  data_state: Callable[[], Optional[dict]], best: Optional[str] = None):
         self.checkpointer, self.every, self.meta, self.data_state = checkpointer, every, meta, data_state
-        self.best, self.best_value, self.best_step = best, -math.inf, None
+        self.best, self.best_value = best, -math.inf
 
     def __call__(self, event: StepEvent) -> Optional[dict]:
         if self.best is not None:
@@ -96,7 +96,7 @@ class CheckpointHook(Hook):
             value = -math.inf if np.isnan(value) else value
             if value <= self.best_value:
                 return None
-            self.best_value, self.best_step = value, event.step
+            self.best_value = value
         elif not (event.stopping or due(event.step, self.every, event)):
             return None
         force = event.last or event.stopping or self.best is not None
