@@ -22,8 +22,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bilingual.artifacts import (CheckpointError, load_classifier, load_encoder, load_meta, load_model_tree,  # noqa: E402
-                                 resolve_step)
+from bilingual.artifacts import (CheckpointError, load_classifier, load_encoder, load_meta,  # noqa: E402
+                                 load_model_tree, resolve_step)
 from bilingual.export.hf_config import AUTO_MAP_KINDS, EXPORT_DTYPES  # noqa: E402
 from bilingual.export.hf_export import ExportError, export_hf  # noqa: E402
 from bilingual.export.hf_classifier import export_classifier  # noqa: E402

@@ -5,8 +5,9 @@
 
 The hook (a ``bilingual.training.hooks.EvalHook``) decides its own cadence: every ``every_n_steps`` steps
 and always at the last step, whatever ``num_steps`` is. Its metrics are flat
-``{"eval/<task>/<metric>": value, "eval/average": value, "eval/seconds": value}``, the prefix added once. The hook keeps one ``Encoder`` per model configuration and swaps in the new parameters each
-time, so the forward pass compiles once per padded shape for the whole training run. Parameters may be
+``{"eval/<task>/<metric>": value, "eval/average": value, "eval/seconds": value}``, the prefix added once.
+The hook keeps one ``Encoder`` per model configuration and swaps in the new parameters each time, so the
+forward pass compiles once per padded shape for the whole training run. Parameters may be
 sharded over a mesh; they are gathered onto one device for evaluation.
 """
 

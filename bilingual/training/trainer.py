@@ -141,9 +141,9 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequen
     """Run (or resume) the stage in ``workdir`` until ``config.num_steps``.
 
     ``hooks`` (e.g. an ``EvalHook``) run after the metrics log and before the checkpoint hook every step.
-    ``objective`` defaults to the one of ``config.stage``; ``checkpoint_meta(event)`` adds to the metadata of
-    each checkpoint (fine-tuning records the epoch and its dev metrics). ``stop_after`` ends the loop early at that step
-    with a checkpoint, as a preemption would (tests).
+    ``objective`` defaults to the one of ``config.stage``; ``checkpoint_meta(event)`` adds to the metadata
+    of each checkpoint (fine-tuning records the epoch and its dev metrics). ``stop_after`` ends the loop
+    early at that step with a checkpoint, as a preemption would (tests).
     """
     config = config.resolved()
     workdir = artifacts.as_path(workdir)  # local or gs://
