@@ -11,8 +11,10 @@ each batch is split across all local devices (parameters replicated), for multi-
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import logging
+import operator
 import time
 import os
 import pathlib
@@ -60,6 +62,39 @@ def bucket_rows(n_texts: int, batch_size: int, multiple: int = 1) -> int:
     (the device count). So a long run compiles one shape per bucket length."""
     rows = batch_size if n_texts >= batch_size else min(_next_power_of_two(n_texts), batch_size)
     return -(-rows // multiple) * multiple
+
+
+def as_texts(texts) -> list[str]:
+    """``texts`` (a sequence of str: list, tuple, 1-D numpy array, ...) as a list, checked element by
+    element. Anything else is a ``TypeError`` naming its type: a dict (whose keys would be embedded), a
+    set (no order), bytes, None, and also generators and other one-pass iterables (pass ``list(...)``)."""
+    if isinstance(texts, np.ndarray):
+        if texts.ndim != 1:
+            raise TypeError(f"texts is a {texts.ndim}-D numpy array of shape {texts.shape}; expected a str "
+                            "or a 1-D sequence of str")
+    elif isinstance(texts, (bytes, bytearray, memoryview)) or not isinstance(texts, collections.abc.Sequence):
+        raise TypeError(f"texts is {type(texts).__name__}; expected a str or a sequence of str (list, tuple, "
+                        "1-D numpy array)")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+    return texts
+
+
+def _int_argument(value, name: str, low: int, high: Optional[int] = None, note: str = "") -> int:
+    """``value`` as an int in ``[low, high]``: ``TypeError`` for a non-integer (or bool), ``ValueError``
+    out of range; both name the argument."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]{note}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
 
 
 @functools.lru_cache(maxsize=16)
@@ -161,24 +196,21 @@ class Encoder:
         """Embeddings ``[len(texts), hidden_size]`` float32, row ``i`` for ``texts[i]`` (``[H]`` for one str).
 
         Args:
-          batch_size: texts per forward pass (rows are padded up to a power of two <= batch_size).
-          max_length: tokens kept per text (truncation), at most 8192 and ``config.max_length``;
-            ``None``: 512 (or ``config.max_length`` if smaller).
+          texts: one ``str``, or a sequence of them (list, tuple, 1-D numpy array); anything else (dict,
+            set, bytes, None, a generator) is a ``TypeError`` (see :func:`as_texts`).
+          batch_size: texts per forward pass, an int >= 1 (rows are padded up to a power of two
+            <= batch_size).
+          max_length: tokens kept per text (truncation), an int from 2 to 8192 and ``config.max_length``;
+            ``None``: 512 (or ``config.max_length`` if smaller). Out of range: ``ValueError``.
           normalize: L2-normalise each embedding (cosine similarity = dot product).
           show_progress: tqdm bar over batches; ``None`` shows it for more than 16 batches.
         """
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        texts = [texts] if single else as_texts(texts)
+        batch_size = _int_argument(batch_size, "batch_size", 1)
         limit = min(MAX_SUPPORTED_LENGTH, self.config.max_length)
-        if max_length is None:
-            max_length = min(DEFAULT_MAX_LENGTH, limit)
-        if not 2 <= max_length <= limit:
-            raise ValueError(f"max_length must be in [2, {limit}] (8192 and EncoderConfig.max_length), got {max_length}")
+        max_length = _int_argument(min(DEFAULT_MAX_LENGTH, limit) if max_length is None else max_length,
+                                   "max_length", 2, limit, " (8192 and EncoderConfig.max_length)")
         hidden = self.config.hidden_size
         if not texts:
             return np.zeros((0, hidden), np.float32)

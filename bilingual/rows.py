@@ -2,14 +2,18 @@
 
 Files are opened by :func:`open_binary`: local paths with ``open``, URLs (``gs://`` and anything else with
 ``://``) with ``tf.io.gfile`` (TensorFlow is imported only for those). A line ends at ``\\n``; trailing
-``\\r``/``\\n`` are dropped; every line must be UTF-8. Line numbers are 1-based and count a header line.
+``\\r``/``\\n`` are dropped; every line must be UTF-8. A UTF-8 byte order mark at the very start of a file
+(any format) is dropped; one anywhere else is text. Line numbers are 1-based and count a header line.
 
 Formats:
 
 * plain text: one item per line (:func:`read_lines`);
 * TSV: cells split on tabs; quotes are literal characters (``csv.QUOTE_NONE``: no quoting, no escapes).
   With a header, line 1 names the columns and a column is addressed by name or 0-based index
-  (:class:`TsvFile`); :func:`read_headed_tsv` reads a whole headed file of fixed width (``shared/data``);
+  (:class:`TsvFile`); :func:`read_headed_tsv` reads a whole headed file (``shared/data``). Every row has
+  exactly the header's number of cells, or in a headerless file the number its reader names; more cells
+  than that (a tab inside a text) is a malformed row like any other, never cut off silently. The one
+  open-ended reader is retrieval's list of negatives (``tasks.sources``);
 * JSONL: one JSON object per line, optionally with required keys (:func:`read_jsonl`).
 
 Errors: :class:`DataError`, ``"<file>:<line>: <reason>"`` (``"<file>: <reason>"`` when no line applies).
@@ -74,6 +78,15 @@ def open_binary(path) -> IO[bytes]:
         raise DataError(path, "no such file") from None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def numbered_lines(file: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(line, raw)`` for each line of an open file, 1-based; a UTF-8 BOM opening line 1 is dropped."""
+    for line, raw in enumerate(file, start=1):
+        yield line, raw.removeprefix(UTF8_BOM) if line == 1 else raw
+
+
 def decode_line(raw: bytes, path, line: int) -> str:
     """One line's text without its line break; invalid UTF-8 is a ``DataError`` at ``path:line``."""
     try:
@@ -109,7 +122,7 @@ def read_lines(path, parse: Optional[Callable[[int, str], Optional[T]]] = None, 
     """``parse(line, text)`` for every line of a text file (default: ``(line, text)``); None drops a row."""
     path = str(path)
     with open_binary(path) as f:
-        yield from _parse_lines(path, enumerate(f, start=1), parse or _numbered, on_error)
+        yield from _parse_lines(path, numbered_lines(f), parse or _numbered, on_error)
 
 
 def _numbered(line: int, value):
@@ -128,8 +141,9 @@ class TsvFile:
     def __init__(self, path, *, header: bool = True):
         self.path = str(path)
         self._file = open_binary(self.path)
-        self._lines = enumerate(self._file, start=1)
+        self._lines = numbered_lines(self._file)
         self.header: Optional[list[str]] = None
+        self._headed = header
         first = next(self._lines, None) if header else None
         if first is not None:
             try:
@@ -146,9 +160,13 @@ class TsvFile:
 
     def column(self, col: str | int, purpose: str = "") -> int:
         """The 0-based index of ``col``: an index, or a header name. ``purpose`` is told in the error."""
-        if isinstance(col, int):
-            return col
         for_what = f" (for {purpose!r})" if purpose else ""
+        if isinstance(col, int):
+            if col < 0:
+                raise ValueError(f"{self.path}: column index {col}{for_what} is negative")
+            if self.header is not None and col >= len(self.header):
+                raise DataError(self.path, f"header {self.header} has no column {col}{for_what}", 1)
+            return col
         if self.header is None:
             raise DataError(self.path, f"column {col!r}{for_what} given by name, but the file has no header")
         if col not in self.header:
@@ -166,20 +184,32 @@ class TsvFile:
             raise DataError(self.path, f"header {self.header} has fewer than {min_columns} columns", 1)
 
     def rows(self, parse: Optional[Callable[[int, list[str]], Optional[T]]] = None, *, on_error: str = "raise",
-             skip_empty: bool = False, exact_width: bool = False) -> Iterator[T]:
+             skip_empty: bool = False, width: Optional[int] = None, open_ended: bool = False) -> Iterator[T]:
         """``parse(line, cells)`` for each row after the header (default: ``(line, cells)``); None drops a
-        row. ``skip_empty``: empty lines are no rows (a line of spaces is a cell). ``exact_width``: a row
-        must have as many cells as the header."""
+        row. ``skip_empty``: empty lines are no rows (a line of spaces is a cell).
+
+        Every row must have exactly ``width`` cells (default: the header's; a headerless file must name it),
+        or with ``open_ended`` at least ``width`` (for a reader whose trailing cells are a list); any other
+        count is a malformed row (``on_error``)."""
         parse = parse or _numbered
-        width = len(self.header) if exact_width and self.header is not None else None
+        if width is None:
+            if self.header is None and self._headed:
+                width = 0  # an empty file: there are no rows
+            elif self.header is None:
+                raise ValueError(f"{self.path}: a TSV file without a header needs the row width")
+            else:
+                width = len(self.header)
 
         def parse_line(line: int, content: str):
             if skip_empty and not content:
                 return None
             cells = content.split("\t")
-            if width is not None and len(cells) != width:
-                raise DataError(self.path, f"expected {width} tab-separated columns {self.header}, "
-                                           f"got {len(cells)}", line)
+            if len(cells) > width and not open_ended:
+                raise DataError(self.path, f"{len(cells)} tab-separated columns, expected {width} "
+                                           "(a tab inside a text?)", line)
+            if len(cells) < width:
+                expected = f"at least {width}" if open_ended else width
+                raise DataError(self.path, f"{len(cells)} tab-separated columns, expected {expected}", line)
             return parse(line, cells)
 
         try:
@@ -195,7 +225,7 @@ def read_headed_tsv(path, required: Sequence[str] = (), min_columns: int = 0
     least one row follows the header. Raises on the first malformed line."""
     with TsvFile(path) as tsv:
         tsv.require(required, min_columns)
-        body = list(tsv.rows(skip_empty=True, exact_width=True))
+        body = list(tsv.rows(skip_empty=True))
     if not body:
         raise DataError(tsv.path, "no data rows after the header")
     return tsv.header, body

@@ -5,7 +5,7 @@ epoch reshuffles them in memory. Formats are the uniform TSVs of ``shared/data``
 header line; errors (:class:`bilingual.rows.DataError`) name the file and the 1-based line (the header is
 line 1), or the task-spec field:
 
-- classification: ``label  text`` (extra columns such as SIB-200's ``index_id`` are ignored);
+- classification: ``label  text`` (further header columns such as SIB-200's ``index_id`` are ignored);
 - pair classification: ``sentence1  sentence2  label`` (or ``premise/hypothesis``, ``question/sentence``;
   PAWS-X adds ``id``), labels ``0``/``1``, ``not_entailment``/``entailment`` or any label list;
 - scored pairs (STS): ``sentence1  sentence2  score`` with the score in ``[0, 5]``. The regression target

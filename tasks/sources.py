@@ -9,14 +9,18 @@ The formats of ``shared/data/README.md`` are the contract:
 * STS: TSV ``sentence1\\tsentence2\\tscore`` (``kind="sts"`` -> ``a``, ``b``, ``score`` float32).
 
 Which column/key feeds which feature is configurable (``columns``); TSV columns are named by header or by
-0-based index. Files are found with ``tf.io.gfile.glob``, so local paths, globs and ``gs://`` all work.
+0-based index. A TSV row has exactly the header's number of columns, or in a headerless file exactly the
+columns up to the last one configured; the one exception is headerless retrieval, where every column from
+the first negative on is a negative (so the negatives column must come last). A row with more columns (a
+tab inside a text) is malformed, not cut short. Files are found with ``tf.io.gfile.glob``, so local paths,
+globs and ``gs://`` all work.
 
-Reading and validation are ``bilingual.rows`` (lines, UTF-8, TSV quoting, the ``on_error`` policy): a row
-with a missing column, an empty text, a score that is not a finite number, too few negatives, bad JSON or
-invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` (the error reaches the caller
-wrapped in a ``tf.errors`` exception whose message holds that text). With ``on_error="skip"`` such rows are
-dropped and a warning with the count (and the first reason) is logged once per file, and counted in
-``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
+Reading and validation are ``bilingual.rows`` (lines, UTF-8, a leading BOM, TSV quoting, the ``on_error``
+policy): a row with too few or too many columns, an empty text, a score that is not a finite number, too few
+negatives, bad JSON or invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` (the error
+reaches the caller wrapped in a ``tf.errors`` exception whose message holds that text). With
+``on_error="skip"`` such rows are dropped and a warning with the count (and the first reason) is logged once
+per file, and counted in ``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
 
 Sharding: ``list_shards`` returns the files. When a split has at least as many files as hosts, seqio passes the
 shard to ``get_dataset`` and each host reads only its files; otherwise seqio reads the (identically ordered)
@@ -82,7 +86,8 @@ class RowParser:
       file_format: ``"tsv"``, ``"jsonl"``, ``"text"`` or ``None`` (from the file extension: ``.tsv``,
         ``.jsonl``/``.json``, anything else plain text).
       columns: feature -> TSV column (header name or 0-based index) or JSON key; defaults above. For
-        retrieval TSV, ``negatives`` names the first negative column; every column after it is one too.
+        retrieval TSV, ``negatives`` names the first negative column, after every other; every column
+        after it is one too (with a header: up to the header's last; without one: open-ended).
       header: whether TSV files start with a header line (the shared data and the demo data do).
       num_negatives: retrieval only: rows must carry at least this many non-empty negatives; the first
         ``num_negatives`` are kept (fixed shapes for the trainer).
@@ -114,6 +119,8 @@ class RowParser:
         missing = set(DEFAULT_COLUMNS[self.kind]) - set(out)
         if missing:
             raise ValueError(f"columns lacks {sorted(missing)} for a {self.kind} source")
+        if "negatives" in out and max(out.values()) > out["negatives"]:
+            raise ValueError(f"the negatives column must come after every other column, got {cols}")
         return out
 
     def _value(self, feature: str, value: Any, path: str, line: int) -> Any:
@@ -132,8 +139,6 @@ class RowParser:
         for feature, i in cols.items():
             if feature == "negatives":
                 out[feature] = self._negatives(cells[i:], path, line)
-            elif i >= len(cells):
-                raise DataError(path, f"{len(cells)} tab-separated columns, column {i} ({feature!r}) missing", line)
             else:
                 out[feature] = self._value(feature, cells[i], path, line)
         return out
@@ -158,7 +163,9 @@ class RowParser:
                 if self.header and tsv.header is None:
                     return  # an empty file
                 cols = self.resolve_tsv_columns(tsv)
-                yield from tsv.rows(lambda line, cells: self.parse_tsv(cells, cols, path, line), on_error=on_error)
+                width = None if self.header else max(cols.values()) + 1  # None: the header's
+                yield from tsv.rows(lambda line, cells: self.parse_tsv(cells, cols, path, line), on_error=on_error,
+                                    width=width, open_ended=not self.header and "negatives" in cols)
         elif fmt == "jsonl":
             keys = self.columns or DEFAULT_JSON_KEYS[self.kind]
             yield from read_jsonl(path, lambda line, record: self.parse_json(record, keys, path, line),

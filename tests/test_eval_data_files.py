@@ -25,7 +25,7 @@ def test_sts_loader(tmp_path):
     ("A\tB\t5.5\n", r"sts.tsv:2: score 5.5 outside the range \[0.0, 5.0\]"),
     ("A\tB\t-1\n", r"sts.tsv:2: score -1.0 outside"),
     ("A\tB\tfive\n", r"sts.tsv:2: score 'five' is not a number"),
-    ("A\tB\t1\nC\tD\n", r"sts.tsv:3: expected 3 tab-separated columns"),
+    ("A\tB\t1\nC\tD\n", r"sts.tsv:3: 2 tab-separated columns, expected 3"),
     ("", r"sts.tsv: no data rows"),
 ])
 def test_sts_loader_errors(tmp_path, body, message):

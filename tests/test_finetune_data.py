@@ -60,7 +60,7 @@ def test_sts_targets_are_scores_over_five(tmp_path):
 
 @pytest.mark.parametrize("lines,kind,message", [
     (["label\ttext", "a\tok", "c\tbad label"], "text", ":3: label 'c' is not one of"),
-    (["label\ttext", "a\tok", "a\ttoo\tmany"], "text", ":3: expected 2 tab-separated columns"),
+    (["label\ttext", "a\tok", "a\ttoo\tmany"], "text", r":3: 3 tab-separated columns, expected 2 \(a tab"),
     (["label\ttext", "a\t  "], "text", ":2: empty text"),
     (["text\tcategory", "x\ta"], "text", ":1: header"),
     (["sentence1\tsentence2\tscore", "a\tb\t4", "a\tb\tfive"], "sts", ":3: score 'five' is not a number"),

@@ -1,13 +1,14 @@
 """Loaders for the uniform evaluation formats of ``shared/data`` (see its README).
 
-Every loader validates while it reads (through :mod:`bilingual.rows`: UTF-8 lines, tab-separated cells with
-literal quotes) and raises :class:`bilingual.rows.DataError` naming the file, and the line where one applies
-(lines are 1-based and count the header). Formats:
+Every loader validates while it reads (through :mod:`bilingual.rows`: UTF-8 lines, a leading BOM dropped,
+tab-separated cells with literal quotes, exactly as many cells per row as the header names) and raises
+:class:`bilingual.rows.DataError` naming the file, and the line where one applies (lines are 1-based and
+count the header). Formats:
 
 - STS: TSV ``sentence1  sentence2  score`` with a header; score within ``score_range`` (0-5).
 - Pair classification: TSV with a header whose first two columns are the pair and which has a
   ``label`` column: ``0``/``1`` or ``not_entailment``/``entailment`` (SQAC-QNLI).
-- Bitext: TSV whose first two columns are row-aligned translations (extra columns are ignored),
+- Bitext: TSV whose first two columns are row-aligned translations (further header columns are ignored),
   or two line-aligned TXT files.
 - Retrieval (BEIR): ``corpus-<lang>.jsonl`` ``{"_id","title","text"}``, ``queries-<lang>.jsonl``
   ``{"_id","text"}``, ``qrels-<split>.tsv`` ``query-id  corpus-id  score`` with a header.
