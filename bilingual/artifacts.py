@@ -13,13 +13,21 @@ Model kinds (``meta["model"]``): ``"encoder"`` (``JinaBert`` parameters), ``"mas
 ``meta["head"]`` its ``HeadConfig``). ``load_encoder`` returns the encoder of any of them, or of a Hugging
 Face export directory: this module is the one place that tells the two apart (``is_hf_directory``) and the
 one place that strips heads. Orbax commits each step atomically (a temporary directory renamed when
-complete), so unfinished saves are never listed; a damaged step raises ``CheckpointError`` naming it, and
-nothing is half-loaded.
+complete), so unfinished saves are never listed; a step missing an item, or whose arrays cannot be read,
+raises ``CheckpointError`` naming the step and, where known, the parameter; nothing is half-loaded.
+
+Orbax has no content check, so every save records ``meta["checksums"]`` (``bilingual.checksums``: exact,
+per array of ``model`` and ``opt_state``) and every restore recomputes them: a changed array raises
+``CheckpointError`` naming its path. Checkpoints written before checksums load with a logged warning. In a
+multi-process run every process saves and restores together, so every process computes the same checksums
+and raises the same errors.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import re
 from typing import Any, Optional
 
 import jax
@@ -27,7 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from bilingual import checksums
 from bilingual.config import ConfigError, EncoderConfig
+
+log = logging.getLogger("bilingual.artifacts")
 
 MODEL_KINDS = ("encoder", "masked_lm", "sequence_classification")
 ITEMS = ("model", "opt_state", "meta", "data")
@@ -64,16 +75,60 @@ def manager(root, *, read_only: bool = True, keep: Optional[int] = None,
 
 
 def resolve_step(path) -> tuple[epath.Path, int]:
-    """``path`` is a checkpoint root (its latest step is taken) or a step directory inside one."""
+    """``path`` is a checkpoint root (its latest step is taken) or a step directory inside one; the step
+    must hold ``model`` and ``meta``."""
     path = as_path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
-    if path.name.isdigit() and (path / "meta").exists():
-        return path.parent, int(path.name)
-    steps = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
-    if not steps:
-        raise CheckpointError(f"no finished checkpoint steps under {path} (expected <step>/model and <step>/meta)")
-    return path, steps[-1]
+    if path.name.isdigit() and any((path / name).exists() for name in (*ITEMS, "_CHECKPOINT_METADATA")):
+        root, step = path.parent, int(path.name)
+    else:
+        steps = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+        if not steps:
+            raise CheckpointError(f"no finished checkpoint steps under {path} (expected <step>/model and "
+                                  "<step>/meta)")
+        root, step = path, steps[-1]
+    require_items(root / str(step), ("model", "meta"))
+    return root, step
+
+
+def require_items(step_dir: epath.Path, items) -> None:
+    """A step directory lacking one of ``items`` is incomplete: say which."""
+    missing = [name for name in items if not (step_dir / name).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint step {step_dir} is incomplete (missing {', '.join(missing)})")
+
+
+def restore_failure(step_dir, err: BaseException) -> CheckpointError:
+    """One line for an orbax / TensorStore failure: its innermost reason, and the parameter it names."""
+    chain, seen = [], err
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.exceptions[0] if isinstance(seen, BaseExceptionGroup) else seen.__cause__ or seen.__context__
+    log.debug("restoring %s failed", step_dir, exc_info=err)
+    text = "\n".join(str(e) for e in chain)
+    first_line = (str(chain[-1]).split("See full TensorStore details")[0].strip().splitlines() or [""])[0]
+    reason = f"{type(chain[-1]).__name__}: {re.sub(r'Error reading .*? in OCDBT database at .*?: ', '', first_line)}"
+    param = re.search(r'Error reading "([^"/]+)/', text) or re.search(r"'path': '([^'/]+)/'", text)
+    if not param:
+        return CheckpointError(f"checkpoint {step_dir} cannot be restored ({reason}); nothing was loaded")
+    item = re.search(rf"{re.escape(str(step_dir))}/(\w+)/", text)
+    where = f"{item.group(1) if item else 'array'} {param.group(1).replace('.', '/')}"
+    return CheckpointError(f"checkpoint {step_dir} is damaged: cannot read {where} ({reason}); nothing was loaded")
+
+
+def verify_checksums(step_dir, meta: dict, restored: dict) -> None:
+    """Compare each restored item (``{"model": tree, ...}``) with the checksums recorded in ``meta``."""
+    recorded = meta.get("checksums")
+    if recorded is None:
+        log.warning("checkpoint %s records no checksums (written before they were): loaded unverified", step_dir)
+        return
+    for item, tree in restored.items():
+        bad = checksums.mismatches(recorded[item], tree)
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise CheckpointError(f"checkpoint {step_dir} is damaged: {item} array(s) {', '.join(bad[:5])}{more} "
+                                  "do not match the checksums recorded at save time; nothing was loaded")
 
 
 def load_meta(path) -> dict:
@@ -83,7 +138,7 @@ def load_meta(path) -> dict:
         try:
             restored = m.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax raises several types for damaged directories
-            raise CheckpointError(f"cannot read metadata of checkpoint {root / str(step)}: {err}") from err
+            raise restore_failure(root / str(step), err) from None
     return dict(restored.meta)
 
 
@@ -107,7 +162,8 @@ def load_model_tree(path, *, shardings=None) -> tuple[EncoderConfig, dict, Any]:
                 target = shardings
             restored = m.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
         except Exception as err:  # orbax raises several types for damaged directories
-            raise CheckpointError(f"cannot restore parameters of checkpoint {root / str(step)}: {err}") from err
+            raise restore_failure(root / str(step), err) from None
+    verify_checksums(root / str(step), meta, {"model": restored.model})
     return encoder_config_of(meta), meta, restored.model
 
 
@@ -204,7 +260,8 @@ def save_model(root, step: int, config: EncoderConfig, params, *, model_kind: st
     if model_kind not in MODEL_KINDS:
         raise ValueError(f"model_kind must be one of {MODEL_KINDS}, got {model_kind!r}")
     root = as_path(root)
-    meta = {"encoder_config": config.to_dict(), "model": model_kind, "step": step, **(extra_meta or {})}
+    meta = {"encoder_config": config.to_dict(), "model": model_kind, "step": step, **(extra_meta or {}),
+            "checksums": {"model": checksums.tree_checksums(params)}}
     recorded = record_tokenizer(root, tokenizer)
     if recorded:
         meta["tokenizer"] = recorded
@@ -234,25 +291,36 @@ class TrainCheckpointer:
         return list(self.manager.all_steps())
 
     def save(self, state, meta: dict, data_state: Optional[dict], *, force: bool = False) -> bool:
+        """Every process calls this with the same state (the checksums are computed on the devices)."""
         step = int(state.step)
-        meta = {**meta, "step": step, **({"tokenizer": self.tokenizer} if self.tokenizer else {})}
+        sums = {"model": checksums.tree_checksums(state.params), "opt_state": checksums.tree_checksums(state.opt_state)}
+        meta = {**meta, "step": step, **({"tokenizer": self.tokenizer} if self.tokenizer else {}), "checksums": sums}
         return self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
             meta=ocp.args.JsonSave(meta), data=ocp.args.JsonSave(data_state or {})), force=force)
 
+    def read_meta(self, step: int) -> dict:
+        """The ``meta`` of ``step`` alone (to check a run against it before restoring any array)."""
+        require_items(self.directory / str(step), ITEMS)
+        try:
+            return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        except Exception as err:  # orbax raises several types for damaged directories
+            raise restore_failure(self.directory / str(step), err) from None
+
     def restore(self, step: int, target) -> tuple[Any, dict, dict]:
-        """``(state, meta, data state)`` of ``step``; ``target`` is a ``TrainState`` of
-        ``jax.ShapeDtypeStruct`` with shardings."""
+        """``(state, meta, data state)`` of ``step``, checked against its checksums; ``target`` is a
+        ``TrainState`` of ``jax.ShapeDtypeStruct`` with shardings."""
+        step_dir = self.directory / str(step)
+        require_items(step_dir, ITEMS)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 model=ocp.args.StandardRestore(target.params),
                 opt_state=ocp.args.StandardRestore(target.opt_state),
                 meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
         except Exception as err:  # orbax raises many types for damaged or foreign directories
-            raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} is damaged or incompatible with this run "
-                f"({type(err).__name__}: {err}); nothing was loaded") from err
+            raise restore_failure(step_dir, err) from None
         meta = dict(restored.meta)
+        verify_checksums(step_dir, meta, {"model": restored.model, "opt_state": restored.opt_state})
         step_array = jax.device_put(np.asarray(meta["step"], np.int32), target.step.sharding)
         state = type(target)(step=step_array, params=restored.model, opt_state=restored.opt_state)
         return state, meta, dict(restored.data)

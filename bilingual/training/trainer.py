@@ -1,8 +1,10 @@
 """The trainer: one loop for every stage, read top to bottom.
 
-    config -> checks that fail before compiling -> mesh, objective (model, steps), optimiser -> state
-    (resumed, initialised from the previous stage, or fresh) -> loop: batch, compile once per batch shape,
-    step, hooks (metrics, evaluation, checkpoint: each decides when to act); SIGTERM saves and stops.
+    config -> checks that fail before compiling -> workdir lock (``workdir_lock``: one run per workdir)
+    -> mesh, objective (model, steps), optimiser -> state (resumed after checking the checkpoints hold the
+    run's model, and verified against their checksums; initialised from the previous stage; or fresh)
+    -> loop: batch, compile once per batch shape, step, hooks (metrics, evaluation, checkpoint: each decides
+    when to act); SIGTERM saves and stops.
 
 The objective (``objectives.py``) is all that differs between stages: ``mlm`` trains the masked-LM model,
 ``pairs`` / ``multitask`` the encoder with contrastive and STS losses, ``finetune`` a head model
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 from bilingual import artifacts, flops, sharding
 from bilingual.config import ConfigError, EncoderConfig
 from bilingual.optim import OptimizerConfig, make_optimizer, make_schedule
-from bilingual.training import objectives, sharded, steps
+from bilingual.training import objectives, sharded, steps, workdir_lock
 from bilingual.training.hooks import CheckpointHook, Hook, StepEvent
 from bilingual.training.metrics_log import MetricsLog
 
@@ -143,41 +145,32 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequen
     ``hooks`` (e.g. an ``EvalHook``) run after the metrics log and before the checkpoint hook every step.
     ``objective`` defaults to the one of ``config.stage``; ``checkpoint_meta(event)`` adds to the metadata
     of each checkpoint (fine-tuning records the epoch and its dev metrics). ``stop_after`` ends the loop
-    early at that step with a checkpoint, as a preemption would (tests).
+    early at that step with a checkpoint, as a preemption would (tests). Process 0 holds the workdir's lock
+    until this returns or raises; a second run in the same workdir raises ``WorkdirLocked`` on every process.
     """
     config = config.resolved()
     workdir = artifacts.as_path(workdir)  # local or gs://
     mesh = sharding.make_mesh(config.mesh)
     validate(config, mesh)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock.hold(workdir):
+        return _train(config, workdir, mesh, batches, hooks, objective, operative_config, checkpoint_meta,
+                      stop_after)
+
+
+def _train(config: TrainConfig, workdir, mesh, batches: BatchIterator, hooks: Sequence[Hook],
+           objective: Optional[objectives.Objective], operative_config: str,
+           checkpoint_meta: Optional[Callable[[StepEvent], dict]], stop_after: Optional[int]) -> TrainResult:
+    """``train`` in a locked workdir; from the checkpointer's creation on, the hooks (and with them the
+    checkpointer) are closed however it ends."""
     objective = objective or objectives.for_stage(config.stage, config.model, config.step)
     tx = make_optimizer(config.optimizer)
     example_ids = jnp.zeros((1, 8), jnp.int32)
     shardings = sharded.state_shardings(objective.model, tx, mesh, example_ids)
-
-    workdir.mkdir(parents=True, exist_ok=True)
     if operative_config and jax.process_index() == 0:
         (workdir / "operative_config.gin").write_text(operative_config)
-    checkpointer = artifacts.TrainCheckpointer(
-        workdir / "checkpoints", keep=1 if config.keep_best else config.keep_checkpoints,
-        async_save=config.async_checkpoints and not config.keep_best, tokenizer=config.tokenizer)
     meta = {"encoder_config": config.model.to_dict(), "stage": config.stage, "model": objective.model_kind,
             **objective.meta}
-
-    # State: resume this run, else start from the previous stage / an import, else fresh.
-    resume_step = checkpointer.latest_step()
-    if resume_step is not None:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                nn.meta.unbox(sharded.abstract_state(objective.model, tx, example_ids)), shardings)
-        state, _, data_state = checkpointer.restore(resume_step, abstract)
-        batches.set_state(data_state)
-        log.info("resumed from %s at step %d", checkpointer.directory / str(resume_step), resume_step)
-    else:
-        encoder_params = None
-        if config.init_from:
-            encoder_params = artifacts.load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
-        state, _ = sharded.init_state(objective.model, tx, mesh, jax.random.key(config.seed), example_ids,
-                                      encoder_params, merge=objective.merge_encoder)
-
     groups = sharding.batch_divisor(mesh)
     step_fns = {t: objective.make_step(t, tx, groups) for t in objective.task_types}
     compiled: dict[tuple, Any] = {}
@@ -186,6 +179,9 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequen
                              peak_flops=peak * jax.device_count(), log_every=config.log_every,
                              flops=lambda t, b: objective.flops(t, _global_shapes(b)),
                              learning_rate=make_schedule(config.optimizer))
+    checkpointer = artifacts.TrainCheckpointer(
+        workdir / "checkpoints", keep=1 if config.keep_best else config.keep_checkpoints,
+        async_save=config.async_checkpoints and not config.keep_best, tokenizer=config.tokenizer)
     checkpoint_hook = CheckpointHook(checkpointer, every=config.checkpoint_every,
                                      meta=lambda event: {**meta, **(checkpoint_meta(event) if checkpoint_meta else {})},
                                      data_state=batches.get_state, best=config.keep_best)
@@ -199,8 +195,9 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequen
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum)) \
         if threading.current_thread() is threading.main_thread() else None
     base_key = jax.random.key(config.seed)
-    step = int(state.step)
     try:
+        state = _initial_state(config, objective, tx, mesh, example_ids, shardings, checkpointer, meta, batches)
+        step = int(state.step)
         _run_hooks(all_hooks, event_for(step), metrics_log, start=True)
         while step < config.num_steps:
             host_batch = next(batches)
@@ -232,6 +229,38 @@ def train(config: TrainConfig, workdir, batches: BatchIterator, *, hooks: Sequen
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     return TrainResult(state=state, history=metrics_log.history, workdir=workdir)
+
+
+def _initial_state(config: TrainConfig, objective, tx, mesh, example_ids, shardings, checkpointer, meta: dict,
+                   batches: BatchIterator) -> steps.TrainState:
+    """Resume this run (after checking the checkpoints hold its model), else start from the previous stage
+    or an import (``init_from``), else fresh."""
+    resume_step = checkpointer.latest_step()
+    if resume_step is None:
+        encoder_params = None
+        if config.init_from:
+            encoder_params = artifacts.load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
+        state, _ = sharded.init_state(objective.model, tx, mesh, jax.random.key(config.seed), example_ids,
+                                      encoder_params, merge=objective.merge_encoder)
+        return state
+    check_resumable(checkpointer.read_meta(resume_step), meta, config.model, checkpointer.directory)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            nn.meta.unbox(sharded.abstract_state(objective.model, tx, example_ids)), shardings)
+    state, _, data_state = checkpointer.restore(resume_step, abstract)
+    batches.set_state(data_state)
+    log.info("resumed from %s at step %d", checkpointer.directory / str(resume_step), resume_step)
+    return state
+
+
+def check_resumable(recorded: dict, run_meta: dict, model: EncoderConfig, directory) -> None:
+    """Before restoring: the checkpoints in ``directory`` hold the run's architecture, stage and model kind
+    (every step of a workdir holds the same ones), else a ``ConfigError`` naming what differs."""
+    different = artifacts.encoder_config_of(recorded).architecture_differences(model)
+    different.update({key: (recorded.get(key), run_meta.get(key)) for key in ("stage", "model")
+                      if recorded.get(key) != run_meta.get(key)})
+    if different:
+        raise ConfigError(f"the checkpoints in {directory} hold another model (checkpoint vs run): {different}; "
+                          "every step there has it, so use another workdir or make the config match")
 
 
 def _run_hooks(hooks: Sequence[Hook], event: StepEvent, metrics_log: MetricsLog, start: bool = False) -> None:
