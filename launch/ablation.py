@@ -10,13 +10,13 @@ every seed. The paper reports Pearson > MSE > none; this prints what this code m
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+import sys
 
 import numpy as np
 
-from launch import demo
+from launch import cli, demo
 
 VARIANTS = {
     "pearson": ["StepConfig.sts_loss = 'pearson'"],
@@ -28,8 +28,9 @@ VARIANTS = {
 STS_TASKS = ("STSb-de", "STSb-de-en", "STSb-en")
 
 
+@cli.entry_point
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--pairs", type=pathlib.Path, required=True, help="the pairs stage's checkpoints")
     parser.add_argument("--tokenizer", type=pathlib.Path, required=True)
     parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/ablation"))
@@ -37,7 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--gin_bindings", action="append", default=[])
     args = parser.parse_args(argv)
     if not args.pairs.exists():
-        raise SystemExit(f"--pairs {args.pairs} does not exist (run the demo's pairs stage first)")
+        raise cli.UsageError(f"--pairs {args.pairs} does not exist (run the demo's pairs stage first)")
 
     scores: dict[str, list[dict[str, float]]] = {}
     for name, bindings in VARIANTS.items():
@@ -65,4 +66,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.exit_status(main()))

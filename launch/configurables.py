@@ -11,7 +11,6 @@ Names usable in gin files:
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Optional
 
 import gin
@@ -19,6 +18,7 @@ import gin
 from bilingual import config as model_config
 from bilingual import optim, sharding
 from bilingual.training import finetune, steps, trainer
+from launch.cli import parse_gin as parse  # noqa: F401  (the launchers parse gin here)
 from tasks import finetune_data
 
 encoder = gin.external_configurable(model_config.get_config, "encoder")
@@ -77,23 +77,6 @@ def build_finetune(spec: finetune_data.TaskSpec, **overrides) -> finetune.Finetu
     num_labels = 1 if spec.head == "regression" else max(spec.num_labels, 2)
     head = HeadConfig(task=spec.head, num_labels=num_labels, **head_settings())
     return FinetuneConfig(head=head, **overrides)
-
-
-class _QuietGinSearch(logging.Filter):
-    """gin logs 'Path not found' at ERROR for every include it then finds on the search path."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Path not found:")
-
-
-def parse(gin_files, gin_bindings) -> None:
-    """Parse files then bindings (later ones win); raises with the file and line on errors."""
-    quiet = _QuietGinSearch()
-    logging.getLogger().addFilter(quiet)
-    try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings), finalize_config=False)
-    finally:
-        logging.getLogger().removeFilter(quiet)
 
 
 def build() -> tuple[trainer.TrainConfig, dict, dict]:

@@ -11,14 +11,16 @@ reuses finished stages (checkpoints resume); ``--fresh`` starts over.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from launch import cli  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = ROOT / "gin"
@@ -77,8 +79,9 @@ class _Adapter:
         return self.encoder.encode(list(texts), batch_size=64, max_length=256, show_progress=False)
 
 
+@cli.entry_point
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--workdir", type=pathlib.Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--fresh", action="store_true", help="delete the workdir first")
     parser.add_argument("--gin_bindings", action="append", default=[],
@@ -134,4 +137,4 @@ def export_and_compare(checkpoint, tokenizer: pathlib.Path, out: pathlib.Path) -
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.exit_status(main()))

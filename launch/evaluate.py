@@ -13,7 +13,6 @@ the model path, the sha256 of every data file, all metrics and timings.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
@@ -23,6 +22,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from launch import cli  # noqa: E402
 
 
 def format_results_table(result: dict) -> str:
@@ -92,8 +93,9 @@ def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32,
                         "batch_shapes": sorted(map(list, encoder.used_shapes))}}
 
 
+@cli.entry_point
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--model", help="orbax checkpoint or Hugging Face export directory")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: from the checkpoint)")
     parser.add_argument("--suite", default="de", help="de, es, en, de-en, es-en, or one task name")
@@ -121,16 +123,10 @@ def main(argv=None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (or use --compare A.json B.json)")
-    from bilingual.artifacts import CheckpointError
-    from bilingual.evaluation.suites import SuiteError
-    from bilingual.rows import DataError
-
-    try:
-        result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
-                          args.limit, args.suites_file, args.dtype, log=lambda m: print(m, file=sys.stderr))
-    except (CheckpointError, DataError, SuiteError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.tokenizer and not os.path.isdir(args.tokenizer):
+        raise cli.UsageError(f"--tokenizer {args.tokenizer} is not a directory")
+    result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
+                      args.limit, args.suites_file, args.dtype, log=lambda m: print(m, file=sys.stderr))
     print(format_results_table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,4 +136,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.exit_status(main()))

@@ -11,6 +11,9 @@ classifier (the ``finetune`` stage's checkpoint) exports as ``JinaBertForSequenc
 ``--auto_map upstream`` points the config at the released models' code on the Hub instead of the code shipped
 in the directory: ``jinaai/jina-bert-implementation``, or ``jinaai/jina-bert-v2-qk-post-norm`` for the
 qk-post-norm layout of base-es (loading then needs the Hub).
+``--out`` may hold other files (a cloned Hub repository's ``.git/``, notes): they are kept. Without
+``--overwrite`` an ``--out`` that already holds a file an export writes is refused; with it, exactly those
+files are replaced (``bilingual.export.hf_export.write_model_dir``).
 """
 
 from __future__ import annotations
@@ -22,55 +25,53 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from bilingual.artifacts import (CheckpointError, load_classifier, load_encoder, load_meta,  # noqa: E402
-                                 load_model_tree, resolve_step)
+from bilingual.artifacts import (load_classifier, load_encoder, load_meta, load_model_tree,  # noqa: E402
+                                 resolve_step)
 from bilingual.export.hf_config import AUTO_MAP_KINDS, EXPORT_DTYPES  # noqa: E402
 from bilingual.export.hf_export import ExportError, export_hf  # noqa: E402
 from bilingual.export.hf_classifier import export_classifier  # noqa: E402
-from bilingual.export.hf_state import StateDictMismatch  # noqa: E402
+from launch import cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="orbax checkpoint root or step directory")
     parser.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer directory (tokenizer.json, ...)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--dtype", default="float32", choices=EXPORT_DTYPES, help="storage dtype of the weights")
     parser.add_argument("--mlm_head", action="store_true", help="include the masked-LM head")
     parser.add_argument("--auto_map", default="local", choices=AUTO_MAP_KINDS)
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an earlier export at --out (other files there are kept)")
     parser.add_argument("--name", default=None, help="model name for the model card (default: the --out name)")
     return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        root, step = resolve_step(args.checkpoint)
-        meta = load_meta(root / str(step))
-        mlm_params = None
-        if meta.get("model") == "sequence_classification":
-            config, head, meta, params = load_classifier(root / str(step))
-            out = export_classifier(config, head, params, args.out, tokenizer_dir=args.tokenizer,
-                                    labels=meta.get("labels"), dtype=args.dtype, auto_map=args.auto_map,
-                                    model_name=args.name, overwrite=args.overwrite)
-            print(f"exported step {step} of {root} ({head.task} head, {head.num_labels} outputs, {head.pooling} "
-                  f"pooling) to {out}: AutoModelForSequenceClassification, auto_map={args.auto_map}")
-            return 0
-        if args.mlm_head:
-            if meta.get("model") != "masked_lm":
-                raise ExportError(f"--mlm_head needs a masked_lm checkpoint; {root / str(step)} holds a "
-                                  f"{meta.get('model')!r} model")
-            config, _, tree = load_model_tree(root / str(step))
-            params, mlm_params = tree["bert"], tree["cls"]
-        else:
-            config, params = load_encoder(root / str(step))
-        out = export_hf(config, params, args.out, tokenizer_dir=args.tokenizer, dtype=args.dtype,
-                        mlm_params=mlm_params, auto_map=args.auto_map, model_name=args.name,
-                        overwrite=args.overwrite)
-    except (CheckpointError, ExportError, StateDictMismatch) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    root, step = resolve_step(args.checkpoint)
+    meta = load_meta(root / str(step))
+    mlm_params = None
+    if meta.get("model") == "sequence_classification":
+        config, head, meta, params = load_classifier(root / str(step))
+        out = export_classifier(config, head, params, args.out, tokenizer_dir=args.tokenizer,
+                                labels=meta.get("labels"), dtype=args.dtype, auto_map=args.auto_map,
+                                model_name=args.name, overwrite=args.overwrite)
+        print(f"exported step {step} of {root} ({head.task} head, {head.num_labels} outputs, {head.pooling} "
+              f"pooling) to {out}: AutoModelForSequenceClassification, auto_map={args.auto_map}")
+        return 0
+    if args.mlm_head:
+        if meta.get("model") != "masked_lm":
+            raise ExportError(f"--mlm_head needs a masked_lm checkpoint; {root / str(step)} holds a "
+                              f"{meta.get('model')!r} model")
+        config, _, tree = load_model_tree(root / str(step))
+        params, mlm_params = tree["bert"], tree["cls"]
+    else:
+        config, params = load_encoder(root / str(step))
+    out = export_hf(config, params, args.out, tokenizer_dir=args.tokenizer, dtype=args.dtype,
+                    mlm_params=mlm_params, auto_map=args.auto_map, model_name=args.name,
+                    overwrite=args.overwrite)
     size = (pathlib.Path(out) / "model.safetensors").stat().st_size
     print(f"exported step {step} of {root} ({meta.get('model')}{' + MLM head' if mlm_params else ''}) to {out}: "
           f"model.safetensors {size / 2**20:.1f} MiB ({args.dtype}), auto_map={args.auto_map}")
@@ -78,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.exit_status(main()))

@@ -36,6 +36,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from launch import cli  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = ROOT / "gin"
 DEFAULT_GIN = GIN_DIR / "runs" / "finetune_bench_tiny.gin"
@@ -59,7 +61,7 @@ def resolve_backbone(spec: str, tokenizer_dir: str | None) -> Backbone:
         return Backbone(spec, get_config(spec[len(UNTRAINED):]), None, tokenizer_dir)
     path = pathlib.Path(spec)
     if not path.exists():
-        raise SystemExit(f"--backbone/--compare {spec!r}: no such checkpoint or export directory "
+        raise cli.UsageError(f"--backbone/--compare {spec!r}: no such checkpoint or export directory "
                          f"(or use 'untrained:<preset>', e.g. untrained:tiny)")
     if artifacts.is_hf_directory(path):
         from bilingual.export.hf_import import import_hf
@@ -175,7 +177,7 @@ def _rates(text: str) -> list[float]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--backbone", required=True, help="checkpoint, HF export directory, or untrained:<preset>")
     parser.add_argument("--compare", help="a second backbone, scored side by side (delta = backbone - compare)")
     parser.add_argument("--tokenizer", help="tokenizer directory (default: the HF export's own)")
@@ -199,6 +201,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.gin_file = args.gin_file or [str(DEFAULT_GIN)]
@@ -226,7 +229,7 @@ def main(argv=None) -> dict:
         backbones[1].label += " (compare)"
     tokenizer_dir = backbones[0].tokenizer_dir
     if tokenizer_dir is None:
-        raise SystemExit("--tokenizer is required for an orbax checkpoint or untrained backbone")
+        raise cli.UsageError("--tokenizer is required for an orbax checkpoint or untrained backbone")
     for b in backbones[1:]:
         if b.tokenizer_dir and b.tokenizer_dir != tokenizer_dir:
             print(f"note: {b.label} has its own tokenizer {b.tokenizer_dir}; both backbones use {tokenizer_dir}")
@@ -235,7 +238,7 @@ def main(argv=None) -> dict:
         b.tokenizer_dir = tokenizer_dir  # what the probes were tokenised with (exports carry it)
     for b in backbones:
         if tokenizer.get_vocab_size() > b.config.vocab_size:
-            raise SystemExit(f"{b.label}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the encoder's "
+            raise cli.UsageError(f"{b.label}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the encoder's "
                              f"vocab_size is {b.config.vocab_size}")
 
     print(f"data root {args.data_root}; tasks {', '.join(s.name for s in specs)}; rows at most: train "
@@ -263,5 +266,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(cli.exit_status(main()))

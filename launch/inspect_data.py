@@ -11,14 +11,15 @@ input with every selected position in brackets: ``[<mask>|Haus]`` (masked), ``[B
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
+from launch import cli  # noqa: E402
 from tasks import batching, demo, run_data  # noqa: E402
 
 
@@ -57,8 +58,9 @@ def describe(batch: dict, vocab, rows: int = 2, width: int = 160) -> list[str]:
     return lines
 
 
+@cli.entry_point
 def main(argv=None) -> list[str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--name", required=True, help="task or mixture")
     parser.add_argument("--tokenizer", help="tokenizer directory (registers the demo tasks)")
     parser.add_argument("--gin_file", action="append", default=[])
@@ -71,7 +73,7 @@ def main(argv=None) -> list[str]:
     if args.gin_file:
         with gin.unlock_config():
             gin.clear_config()
-            gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
+            cli.parse_gin(args.gin_file, args.gin_bindings)
         run_data.register_data()
     elif args.tokenizer:
         demo.register_demo_tasks(args.tokenizer)
@@ -89,4 +91,4 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.exit_status(main()))

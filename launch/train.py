@@ -11,6 +11,9 @@ SLURM/MPI launchers multi-host start-up is automatic; elsewhere pass the three d
 ``TrainConfig.stage = 'finetune'`` (``gin/stages/finetune.gin``) fine-tunes a head on one labelled task
 instead (``bilingual.training.finetune``): epochs, dev after each, best dev checkpoint, its test score.
 A fine-tuning workdir is not resumed (runs are minutes long); use a new one.
+
+Bad input (a gin error, an unknown task or mixture, a malformed data row, a damaged checkpoint) prints one
+``error:`` line and exits with status 2 (``launch.cli``); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from launch import cli  # noqa: E402
+
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--gin_file", action="append", required=True, help="gin file (repeatable)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="gin binding (repeatable)")
     parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs, operative config")
@@ -37,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli.entry_point
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -91,4 +97,4 @@ def run_finetune(workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.exit_status(main()))

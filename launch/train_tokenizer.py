@@ -12,16 +12,17 @@ progress bars (pre-processing, pair counting, merges).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
 import gin
 
 from bilingual import tokenizer as bpe
+from launch import cli
 
 
 @gin.configurable
@@ -44,8 +45,9 @@ def train_tokenizer(out: str, corpora: dict = gin.REQUIRED, vocab_size: int = bp
     return path
 
 
+@cli.entry_point
 def main(argv=None) -> pathlib.Path | str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--gin_file", action="append", default=[], help="gin file(s), applied in order")
     parser.add_argument("--gin_bindings", action="append", default=[], help="extra gin bindings")
     parser.add_argument("--out", required=True, help="output directory (created; gs:// and other tf.io.gfile URLs work)")
@@ -53,7 +55,7 @@ def main(argv=None) -> pathlib.Path | str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with gin.unlock_config():  # main() may run more than once in a process (tests)
         gin.clear_config()
-        gin.parse_config_files_and_bindings(args.gin_file, args.gin_bindings, finalize_config=False)
+        cli.parse_gin(args.gin_file, args.gin_bindings)
     logging.info("gin config:\n%s", gin.config_str())
     remote = "://" in args.out
     local = tempfile.mkdtemp(prefix="tokenizer-") if remote else args.out
@@ -74,4 +76,4 @@ def main(argv=None) -> pathlib.Path | str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.exit_status(main()))

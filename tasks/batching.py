@@ -54,17 +54,30 @@ import tensorflow as tf
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
 from bilingual import task_types
-from tasks import mixtures, mlm
+from tasks import mixtures, mlm, sources
 from tasks import preprocessors as pp
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "bilingual.batching/1"
+POSITION_FIELDS = ("epoch", "consumed", "offset")  # a task's position in a saved state
 
 
 def _seed(*parts: int | str) -> int:
     """A 32-bit seed derived from ints and strings (strings via CRC32, stable across runs and hosts)."""
     ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
+
+
+def _malformed_fields(state: dict) -> dict[str, Any]:
+    """``{field: value}`` of the fields of a saved iterator state that do not have the form ``get_state`` writes."""
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    bad = {} if count(state.get("step")) else {"step": state.get("step")}
+    if not isinstance(state.get("tasks"), dict):
+        return {**bad, "tasks": state.get("tasks")}
+    return {**bad, **{f"tasks.{name}": p for name, p in state["tasks"].items()
+                      if not isinstance(p, dict) or not all(count(p.get(k)) for k in POSITION_FIELDS)}}
 
 
 READ_BATCH = 256  # examples pulled from tf.data at once (per-element iteration costs ~0.1-0.2 ms each)
@@ -166,7 +179,11 @@ class TaskStream:
 
     def _next_example(self) -> dict[str, Any]:
         if not self._buffer:
-            self._buffer.extend(_unbatch(next(self._iterator)))  # StopIteration at the end of the epoch
+            try:
+                chunk = next(self._iterator)  # StopIteration at the end of the epoch
+            except tf.errors.OpError as err:  # a malformed row: the source's DataError, as text
+                raise sources.unwrap_data_error(err) or err
+            self._buffer.extend(_unbatch(chunk))
         return self._buffer.popleft()
 
     def peek(self) -> dict[str, Any]:
@@ -236,6 +253,10 @@ class BatchIterator:
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Restores a ``get_state`` result; the identity (name, seed, shards, batch size, ...) must match."""
         state = json.loads(json.dumps(state))  # accept anything JSON round-trips to (e.g. from orbax)
+        malformed = _malformed_fields(state) if isinstance(state, dict) else {"(the state)": state}
+        if malformed:
+            raise ValueError(f"data iterator state has malformed fields {malformed} (a JSON object whose 'step' is "
+                             f"an integer >= 0 and whose 'tasks' map names to {POSITION_FIELDS} integers >= 0)")
         identity = self._identity()
         mismatched = {k: (state.get(k), v) for k, v in identity.items() if state.get(k) != v}
         if mismatched:
@@ -243,7 +264,7 @@ class BatchIterator:
         unknown = set(state["tasks"]) - set(self.task_types)
         if unknown:
             raise ValueError(f"data iterator state names tasks {sorted(unknown)} not in {self.name!r}")
-        self.step = int(state["step"])
+        self.step = state["step"]
         self._streams = {}
         self._saved_positions = copy.deepcopy(state["tasks"])
 
@@ -348,7 +369,8 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
 
     Args:
       name: a ``seqio`` task or mixture name (e.g. ``"mlm_de_en"``; register the demo ones with
-        ``tasks.demo.register_demo_tasks(tokenizer_dir)``).
+        ``tasks.demo.register_demo_tasks(tokenizer_dir)``); an unknown one raises
+        ``tasks.mixtures.UnknownNameError`` listing the registered names.
       split: the split to read (``"train"``).
       batch_size: the HOST-LOCAL batch: ``global_batch // jax.process_count()``.
       seed: fixes the task sequence, the data order and the MLM masks.
@@ -371,17 +393,7 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
-    mixture = mixtures.get(name)
-    if mixture is not None:
-        tasks = [seqio.get_mixture_or_task(t) for t in mixture.tasks]
-        task_rates = mixture.task_rates(split)
-    else:
-        provider = seqio.get_mixture_or_task(name)
-        if isinstance(provider, seqio.Mixture):  # a seqio mixture of same-type tasks also works
-            tasks = list(provider.tasks)
-            task_rates = {t.name: float(provider.get_rate(t)) for t in tasks}
-        else:
-            tasks, task_rates = [provider], {provider.name: 1.0}
+    tasks, task_rates = mixtures.resolve(name, split)
     if rates is not None:
         unknown = set(rates) - set(task_rates)
         if unknown:

@@ -2,7 +2,8 @@
 
 seqio's own ``Mixture`` mixes *examples* and requires every task to have the same features, so a multi-task
 mixture of retrieval and STS tasks cannot be a seqio mixture. Ours is a small registry read by
-``tasks.batching.make_batch_iterator``, which draws one task per batch with probability proportional to its rate.
+``tasks.batching.make_batch_iterator``, which draws one task per batch with probability proportional to its rate,
+and finds the tasks of a name with ``resolve``.
 
     register_mixture("multitask_de", ["retrieval_de", "sts_de"])                 # rates by size
     register_mixture("mlm_de_en", {"mlm_en": 1.0, "mlm_de": 1.0})                 # explicit rates
@@ -18,6 +19,10 @@ from typing import Mapping, Sequence
 
 import gin
 import seqio
+
+from bilingual.config import ConfigError
+
+MAX_LISTED = 40  # names shown in an unknown-name error; the rest are counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,5 +74,29 @@ def register_mixture(name: str = gin.REQUIRED, tasks: Sequence[str] | Mapping[st
     return MIXTURES[name]
 
 
-def get(name: str) -> Mixture | None:
-    return MIXTURES.get(name)
+class UnknownNameError(ConfigError):
+    """A task or mixture name that nothing registered; the message lists what is registered."""
+
+
+def _listing(kind: str, names) -> str:
+    names = sorted(names)
+    more = f", ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return f"{kind} ({len(names)}): {', '.join(names[:MAX_LISTED]) or 'none'}{more}"
+
+
+def resolve(name: str, split: str = "train") -> tuple[list[seqio.Task], dict[str, float]]:
+    """The tasks of ``name`` (one of our mixtures, a seqio mixture of same-type tasks, or a task) and their
+    unnormalised rates. An unknown name (the run's ``data.name``) raises ``UnknownNameError``."""
+    mixture = MIXTURES.get(name)
+    if mixture is not None:
+        return [seqio.get_mixture_or_task(t) for t in mixture.tasks], mixture.task_rates(split)
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        raise UnknownNameError(
+            f"data.name={name!r} is not a registered task or mixture (register it with register_data in gin); "
+            f"{_listing('tasks', seqio.TaskRegistry.names())}; "
+            f"{_listing('mixtures', set(MIXTURES) | set(seqio.MixtureRegistry.names()))}")
+    provider = seqio.get_mixture_or_task(name)
+    if isinstance(provider, seqio.Mixture):
+        tasks = list(provider.tasks)
+        return tasks, {t.name: float(provider.get_rate(t)) for t in tasks}
+    return [provider], {provider.name: 1.0}

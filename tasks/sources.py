@@ -18,7 +18,8 @@ globs and ``gs://`` all work.
 Reading and validation are ``bilingual.rows`` (lines, UTF-8, a leading BOM, TSV quoting, the ``on_error``
 policy): a row with too few or too many columns, an empty text, a score that is not a finite number, too few
 negatives, bad JSON or invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` (the error
-reaches the caller wrapped in a ``tf.errors`` exception whose message holds that text). With
+reaches the caller wrapped in a ``tf.errors`` exception whose message holds that text;
+``unwrap_data_error`` recovers it). With
 ``on_error="skip"`` such rows are dropped and a warning with the count (and the first reason) is logged once
 per file, and counted in ``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
 
@@ -29,6 +30,7 @@ rows and keeps every ``num_shards``-th one (``Task.get_dataset`` decides, see se
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +41,16 @@ from bilingual.rows import DataError, TsvFile, check_on_error, read_jsonl, read_
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
 KINDS = ("text", "pairs", "retrieval", "sts")
+
+
+def unwrap_data_error(err: tf.errors.OpError) -> DataError | None:
+    """The ``DataError`` a source raised inside tf.data, from the ``tf.errors`` exception that carried its
+    text to the reader; None when ``err`` holds none."""
+    found = re.search(r"DataError: ([^\n]+)", err.message)
+    if found is None:
+        return None
+    where = re.fullmatch(r"(.+?):(\d+): (.+)", found[1])
+    return DataError(where[1], where[3], int(where[2])) if where else DataError(None, found[1])
 
 #: default column/key per output feature. TSV columns may also be 0-based integers.
 DEFAULT_COLUMNS = {

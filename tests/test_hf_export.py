@@ -343,13 +343,15 @@ def test_output_directory_policy(tmp_path, encoder, tokenizer_dir):
         export_hf(config, params, out, tokenizer_dir=tmp_path)
     assert not out.exists() and not list(tmp_path.glob(".model.partial-*"))  # nothing half-written
     export_hf(config, params, out, tokenizer_dir=tokenizer_dir)
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(ExportError, match="already holds files an export writes"):
         export_hf(config, params, out, tokenizer_dir=tokenizer_dir, auto_map="upstream")
     export_hf(config, params, out, tokenizer_dir=tokenizer_dir, auto_map="upstream", overwrite=True)
     assert not (out / "modeling_bert.py").exists()  # the earlier export's code is gone, not left stale
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(ExportError, match="does not look like a model export"):
-        export_hf(config, params, other, tokenizer_dir=tokenizer_dir, overwrite=True)
-    assert (other / "todo.txt").read_text() == "mine"
+    export_hf(config, params, other, tokenizer_dir=tokenizer_dir)  # other files are no export's: kept
+    assert (other / "todo.txt").read_text() == "mine" and (other / "model.safetensors").is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ExportError, match="exists and is not a directory"):
+        export_hf(config, params, tmp_path / "file", tokenizer_dir=tokenizer_dir, overwrite=True)

@@ -193,12 +193,13 @@ def test_malformed_rows_name_file_and_line(tmp_path, content, match):
         list(parser.rows(path))
 
 
-def test_malformed_row_error_surfaces_through_tf_data(tmp_path, tok_dir):
+def test_malformed_row_error_comes_out_of_tf_data_as_the_data_error(tmp_path, tok_dir):
     path = write(tmp_path / "pairs.jsonl", '{"query": "a", "passage": "b"}\n{"query": "c"}\n')
     registry.register_pairs_task("bad_pairs", path, tok_dir)
     it = batching.make_batch_iterator("bad_pairs", batch_size=2, shuffle=False)
-    with pytest.raises(tf.errors.OpError, match=r"pairs\.jsonl:2: record lacks key\(s\) \['passage'\]"):
+    with pytest.raises(DataError, match=r"^.*pairs\.jsonl:2: record lacks key\(s\) \['passage'\]") as err:
         next(it)
+    assert (err.value.path, err.value.line) == (str(path), 2) and isinstance(err.value.__context__, tf.errors.OpError)
 
 
 def test_skip_mode_logs_count(tmp_path, tok_dir, caplog):

@@ -39,6 +39,10 @@ _OWN_FILES = {"config.json", "model.safetensors", "model.safetensors.index.json"
               "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md",
               *CODE_FILES}
 _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+# Every name an export may write in its directory; an export replaces these and nothing else.
+OWNED_NAMES = frozenset({*_OWN_FILES, "1_Pooling", "2_Normalize", *_TOKENIZER_MARKERS, "special_tokens_map.json",
+                         "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",
+                         "sentencepiece.bpe.model", "spiece.model"})
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -65,33 +69,64 @@ def _tokenizer_files(tokenizer_dir: pathlib.Path, vocab_size: int) -> list[pathl
             if path.is_file() and path.name not in _OWN_FILES and not path.name.endswith(".safetensors")]
 
 
-def _prepare_output(out_dir: pathlib.Path, overwrite: bool) -> pathlib.Path:
-    """A fresh staging directory beside ``out_dir``; refuses to replace anything but an earlier export."""
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ExportError(f"output path {out_dir} exists and is not a directory")
-        if any(out_dir.iterdir()):
-            if not overwrite:
-                raise ExportError(f"output directory {out_dir} is not empty; choose a new one or pass "
-                                  "overwrite=True (--overwrite) to replace an earlier export")
-            if not ((out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file()):
-                raise ExportError(f"refusing to overwrite {out_dir}: it does not look like a model export "
-                                  "(no config.json and model.safetensors)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    return staging
+def _check_output(out_dir: pathlib.Path, owned: set[str], overwrite: bool) -> None:
+    """Refuses a non-directory ``out_dir``, and one holding any of ``owned`` unless ``overwrite``."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    present = sorted(name for name in owned if os.path.lexists(out_dir / name))
+    if present and not overwrite:
+        raise ExportError(f"output directory {out_dir} already holds files an export writes ({', '.join(present)}); "
+                          "choose a new one or pass overwrite=True (--overwrite) to replace them (other files "
+                          "there are kept)")
+
+
+def _install(staging: pathlib.Path, out_dir: pathlib.Path, owned: set[str]) -> None:
+    """Move everything in ``staging`` into ``out_dir``, first setting aside whatever of ``owned`` (and of the
+    new names) is there; an error midway puts the old files back. Nothing else in ``out_dir`` is touched."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    new = sorted(p.name for p in staging.iterdir())
+    old = sorted(name for name in owned | set(new) if os.path.lexists(out_dir / name))
+    aside = staging / f".replaced-{os.getpid()}"  # inside staging: removed with it
+    aside.mkdir()
+    try:
+        for name in old:
+            os.rename(out_dir / name, aside / name)
+        for name in new:
+            os.rename(staging / name, out_dir / name)
+    except BaseException:
+        for name in new:
+            if not os.path.lexists(staging / name) and os.path.lexists(out_dir / name):
+                os.rename(out_dir / name, staging / name)
+        for name in old:
+            if os.path.lexists(aside / name):
+                os.rename(aside / name, out_dir / name)
+        raise
+    shutil.rmtree(staging)
 
 
 def write_model_dir(out_dir: pathlib.Path, *, overwrite: bool, tensors: dict, dtype: str, config_values: dict,
                     auto_map: str, tokenizer_dir, vocab_size: int, extra=None) -> None:
     """Write ``model.safetensors`` (``tensors`` cast to ``dtype``), ``config.json``, the shipped code
-    (``auto_map="local"``) and the tokenizer files into a staging directory, call ``extra(staging)`` for
-    the caller's own files, then move it to ``out_dir`` in one rename; nothing is left behind on error."""
+    (``auto_map="local"``) and the tokenizer files into a staging directory beside ``out_dir``, call
+    ``extra(staging)`` for the caller's own files, then move them into ``out_dir``.
+
+    The export owns the files it writes plus every name in ``OWNED_NAMES`` (so an earlier export's files that
+    this one does not write, e.g. the shipped code after ``auto_map="upstream"``, are not left stale); nothing
+    else in ``out_dir`` (a cloned repository's ``.git/``, notes) is ever touched. Without ``overwrite`` an
+    ``out_dir`` holding an owned file is refused. Nothing is left behind on error.
+    """
     tokenizer_files = _tokenizer_files(pathlib.Path(tokenizer_dir), vocab_size)
-    staging = _prepare_output(out_dir, overwrite)
+    owned = set(OWNED_NAMES) | {path.name for path in tokenizer_files}
+    _check_output(out_dir, owned, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
     try:
         target = _NUMPY_DTYPES[dtype]
         stored = {name: np.ascontiguousarray(np.asarray(value, np.float32).astype(target))
@@ -105,9 +140,7 @@ def write_model_dir(out_dir: pathlib.Path, *, overwrite: bool, tensors: dict, dt
             shutil.copy2(path, staging / path.name)
         if extra is not None:
             extra(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
+        _install(staging, out_dir, owned | {p.name for p in staging.iterdir()})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -201,8 +234,9 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
         models' code on the Hub: ``jinaai/jina-bert-implementation`` for ``layer_layout="post_ln"``,
         ``jinaai/jina-bert-v2-qk-post-norm`` for ``"qk_post_norm"``; refused for a post_ln model with the
         qk-LayerNorm, which no published code computes).
-      overwrite: replace an earlier export at ``out_dir`` (anything else there is never touched).
-    Everything is written to a staging directory beside ``out_dir`` and renamed into place at the end, so
+      overwrite: replace the files of an earlier export at ``out_dir`` (anything else there is never
+        touched; see ``write_model_dir``).
+    Everything is written to a staging directory beside ``out_dir`` and moved into place at the end, so
     a failed export leaves no half-written model behind.
     Returns the output directory. Raises ``ExportError`` / ``StateDictMismatch`` on bad input.
     """

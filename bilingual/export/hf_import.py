@@ -23,6 +23,7 @@ import pathlib
 from typing import Any, Optional
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from bilingual import hf_layout
@@ -38,15 +39,26 @@ class HFImportError(ValueError):
     """A directory that cannot be imported; the message names the file and the reason."""
 
 
+def _load_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise HFImportError(f"{path} is truncated or not a safetensors file ({err})") from err
+
+
 def read_tensors(directory) -> tuple[dict[str, np.ndarray], str]:
-    """``({name: array as stored}, description of the source file(s))``."""
+    """``({name: array as stored}, description of the source file(s))``; an unreadable weights file is an
+    ``HFImportError`` naming it."""
     directory = pathlib.Path(directory)
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(str(single)), str(single)
+        return _load_safetensors(single), str(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise HFImportError(f"{index} is not a JSON object ({err})") from err
         if not isinstance(weight_map, dict):
             raise HFImportError(f"{index}: no 'weight_map' object")
         tensors: dict[str, np.ndarray] = {}
@@ -54,7 +66,7 @@ def read_tensors(directory) -> tuple[dict[str, np.ndarray], str]:
             path = directory / shard
             if not path.is_file():
                 raise HFImportError(f"{index} names shard {shard}, which is missing from {directory}")
-            tensors.update(load_file(str(path)))
+            tensors.update(_load_safetensors(path))
         return tensors, str(index)
     legacy = directory / "pytorch_model.bin"
     if legacy.is_file():

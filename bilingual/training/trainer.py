@@ -247,7 +247,11 @@ def _initial_state(config: TrainConfig, objective, tx, mesh, example_ids, shardi
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             nn.meta.unbox(sharded.abstract_state(objective.model, tx, example_ids)), shardings)
     state, _, data_state = checkpointer.restore(resume_step, abstract)
-    batches.set_state(data_state)
+    try:
+        batches.set_state(data_state)
+    except (ValueError, TypeError, KeyError) as err:
+        raise artifacts.CheckpointError(f"checkpoint {checkpointer.directory / str(resume_step)}: its data "
+                                        f"iterator state cannot be restored ({err})") from err
     log.info("resumed from %s at step %d", checkpointer.directory / str(resume_step), resume_step)
     return state
 
