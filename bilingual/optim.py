@@ -8,6 +8,8 @@ from typing import Optional
 import optax
 from flax import traverse_util
 
+from bilingual.config import ConfigError
+
 DECAY_SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -32,13 +34,13 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.decay not in DECAY_SCHEDULES:
-            raise ValueError(f"OptimizerConfig.decay must be one of {DECAY_SCHEDULES}, got {self.decay!r}")
+            raise ConfigError(f"OptimizerConfig.decay must be one of {DECAY_SCHEDULES}, got {self.decay!r}")
         if self.warmup_steps < 0 or (self.total_steps is not None and
                                      (self.total_steps < 1 or self.warmup_steps > self.total_steps)):
-            raise ValueError(f"OptimizerConfig: need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
+            raise ConfigError(f"OptimizerConfig: need 0 <= warmup_steps ({self.warmup_steps}) <= total_steps "
                              f"({self.total_steps}) and total_steps >= 1")
         if self.learning_rate <= 0:
-            raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
 
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:

@@ -256,7 +256,7 @@ def test_train_with_an_unknown_data_name(tokenizer_dir, tmp_path):  # noqa: F811
 def test_train_with_a_malformed_data_row(bad_rows_gin, tmp_path):
     base, gin_file = bad_rows_gin
     line = error_line(run_cli("train", "--gin_file", gin_file, "--workdir", tmp_path))
-    assert line == f"error: {base / 'pairs.tsv'}:3: 1 tab-separated columns, column 1 ('passage') missing"
+    assert line == f"error: {base / 'pairs.tsv'}:3: 1 tab-separated columns, expected 2"
     traceback_of(run_cli("train", "--gin_file", gin_file, "--workdir", tmp_path, BILINGUAL_DEBUG="1"),
                  "DataError")
 
