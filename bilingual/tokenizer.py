@@ -60,23 +60,17 @@ def expand_paths(patterns: Sequence[str] | str) -> list[str]:
 
 
 def read_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yields ``(line_number, text)`` of a UTF-8 text file (1-based), without the newline.
+    """Yields ``(line_number, text)`` of a UTF-8 text file (1-based), without the newline, through the one
+    reader layer (``bilingual.rows``: local or ``gs://``, a leading BOM dropped).
 
-    Raises ``TokenizerError`` naming the file and line on invalid UTF-8.
+    Raises ``TokenizerError`` naming the file and line on invalid UTF-8 or a missing file.
     """
-    if "://" in path:
-        import tensorflow as tf
+    from bilingual import rows
 
-        handle = tf.io.gfile.GFile(path, "rb")
-    else:
-        handle = open(path, "rb")
-    with handle as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TokenizerError(f"{path}:{number}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-            yield number, text.rstrip("\r\n")
+    try:
+        yield from rows.read_lines(path)
+    except rows.DataError as err:
+        raise TokenizerError(str(err)) from None
 
 
 def balanced_sample(corpora: Mapping[str, Sequence[str]], *, balance: str = "downsample",

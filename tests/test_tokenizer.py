@@ -173,3 +173,14 @@ def test_streaming_balance_and_training(tmp_path):
     assert tok.decode(tok.encode("Das Mädchen über dem Baum").ids, skip_special_tokens=True) == \
         "Das Mädchen über dem Baum"
     assert json.loads((out / "training_args.json").read_text())["streaming"] is True
+
+
+def test_tokenizer_corpora_go_through_the_reader_layer(tmp_path):
+    """A BOM opening a corpus file is not text; invalid UTF-8 names the file and line (bilingual.rows)."""
+    from bilingual.tokenizer import TokenizerError, read_lines
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffErste Zeile\nzweite\n".encode("utf-8"))
+    assert list(read_lines(str(tmp_path / "bom.txt"))) == [(1, "Erste Zeile"), (2, "zweite")]
+    (tmp_path / "bad.txt").write_bytes(b"gut\n\xff\n")
+    with pytest.raises(TokenizerError, match=r"bad.txt:2: invalid UTF-8"):
+        list(read_lines(str(tmp_path / "bad.txt")))
