@@ -5,9 +5,12 @@ and keeps an ``fcntl.flock`` on it for the run's lifetime; when the run ends, no
 it removes the file. The other processes of a multi-process run take no lock: process 0 broadcasts whether
 it got it, and if not every process raises, before anything is compiled or written.
 
-A lock file whose flock is free was left by a run that ended without removing it (killed, crashed). It is
-reported, with the command that takes it over, and never broken silently. Only local workdirs are locked;
-for a remote one (``gs://``) a message is logged and no lock is taken.
+A lock file whose flock is free was left by a run that ended without removing it (killed -9, preempted,
+crashed). When that run was on this host and its pid is gone, the new run takes the lock over and logs a
+warning naming the dead run, so a killed run resumes as it always did. When the holder cannot be proved dead
+(another host sharing the file system, or its pid still alive) the run refuses, naming the holder and the
+command that takes the lock over: a lock is never broken silently. Only local workdirs are locked; for a
+remote one (``gs://``) a message is logged and no lock is taken.
 """
 
 from __future__ import annotations
@@ -56,12 +59,32 @@ def acquire(workdir) -> Optional[WorkdirLock]:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
     except FileExistsError:
-        raise WorkdirLocked(_refusal(str(workdir), path)) from None
-    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while another run's check below holds it for a moment
+        fd = _take_over(str(workdir), path)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while another run's check below holds it for a moment
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started}).encode())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": started}).encode(), 0)
     os.fsync(fd)
     return WorkdirLock(path, fd)
+
+
+def _take_over(workdir: str, path: str) -> int:
+    """The flocked descriptor of a lock left by a dead run of this host (logged), else ``WorkdirLocked``."""
+    holder, who = _holder(path)
+    if holder.get("host") != socket.gethostname() or _pid_alive(holder.get("pid")):
+        raise WorkdirLocked(_refusal(workdir, path)) from None
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:  # its run released it meanwhile: start over
+        return acquire(workdir).fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another new run took it over first
+        os.close(fd)
+        raise WorkdirLocked(_refusal(workdir, path)) from None
+    log.warning("workdir %s: taking over the lock left by %s, which is no longer running", workdir, who)
+    return fd
 
 
 @contextlib.contextmanager
@@ -88,20 +111,23 @@ def hold(workdir):
             lock.release()
 
 
-def _refusal(workdir: str, path: str) -> str:
-    """Why ``path`` cannot be taken: held by a live run, or left behind (with the command to take it over)."""
+def _holder(path: str) -> tuple[dict, str]:
+    """The lock file's record and a description of its run."""
     try:
         with open(path, encoding="utf-8") as f:
             holder = json.loads(f.read())
-        who = f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
+        return holder, f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}"
     except (OSError, ValueError, KeyError, TypeError):
-        holder, who = {}, "an unknown run (the lock file is unreadable)"
-    take_over = f"if no run uses it any more, take it over with: rm {path}"
+        return {}, "an unknown run (the lock file is unreadable)"
+
+
+def _refusal(workdir: str, path: str) -> str:
+    """Why ``path`` cannot be taken: held by a live run, or by one not provably dead (with the way out)."""
+    _, who = _holder(path)
     if _flock_held(path):
         return f"workdir {workdir} is in use by another run ({who}); wait for it to end or use another workdir"
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-        return f"workdir {workdir} has a stale lock: {who}, is no longer running; {take_over}"
-    return f"workdir {workdir} is locked by {who}, which may still be running; {take_over}"
+    return (f"workdir {workdir} is locked by {who}, which may still be running; if no run uses it any more, "
+            f"take it over with: rm {path}")
 
 
 def _flock_held(path: str) -> bool:
