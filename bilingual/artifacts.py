@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from bilingual import checksums
+from bilingual.process_states import ProcessCountMismatch, ProcessStateRestore, ProcessStateSave
 from bilingual.config import ConfigError, EncoderConfig
 
 log = logging.getLogger("bilingual.artifacts")
@@ -274,7 +275,7 @@ def save_model(root, step: int, config: EncoderConfig, params, *, model_kind: st
 
 
 class TrainCheckpointer:
-    """Train state, metadata and data position per step, keep-N (``keep``) with async saves.
+    """Train state, metadata and each process's data position per step, keep-N (``keep``) with async saves.
 
     ``save`` returns whether a step was written; ``restore`` reads every array straight into its shards.
     """
@@ -297,7 +298,7 @@ class TrainCheckpointer:
         meta = {**meta, "step": step, **({"tokenizer": self.tokenizer} if self.tokenizer else {}), "checksums": sums}
         return self.manager.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-            meta=ocp.args.JsonSave(meta), data=ocp.args.JsonSave(data_state or {})), force=force)
+            meta=ocp.args.JsonSave(meta), data=ProcessStateSave(data_state or {})), force=force)
 
     def read_meta(self, step: int) -> dict:
         """The ``meta`` of ``step`` alone (to check a run against it before restoring any array)."""
@@ -312,18 +313,32 @@ class TrainCheckpointer:
         ``TrainState`` of ``jax.ShapeDtypeStruct`` with shardings."""
         step_dir = self.directory / str(step)
         require_items(step_dir, ITEMS)
+        data = self.read_data_state(step)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 model=ocp.args.StandardRestore(target.params),
-                opt_state=ocp.args.StandardRestore(target.opt_state),
-                meta=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()))
+                opt_state=ocp.args.StandardRestore(target.opt_state), meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax raises many types for damaged or foreign directories
             raise restore_failure(step_dir, err) from None
         meta = dict(restored.meta)
         verify_checksums(step_dir, meta, {"model": restored.model, "opt_state": restored.opt_state})
         step_array = jax.device_put(np.asarray(meta["step"], np.int32), target.step.sharding)
         state = type(target)(step=step_array, params=restored.model, opt_state=restored.opt_state)
-        return state, meta, dict(restored.data)
+        return state, meta, data
+
+    def read_data_state(self, step: int) -> dict:
+        """This process's data iterator state at ``step`` (``bilingual.process_states``); a checkpoint of
+        another number of processes is a ``CheckpointError`` saying both counts."""
+        step_dir = self.directory / str(step)
+        try:
+            return dict(self.manager.restore(step, args=ocp.args.Composite(data=ProcessStateRestore())).data)
+        except Exception as err:
+            cause = err
+            while cause is not None and not isinstance(cause, ProcessCountMismatch):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise CheckpointError(f"checkpoint {step_dir}: {cause}") from None
+            raise restore_failure(step_dir, err) from None
 
     def close(self) -> None:
         self.manager.wait_until_finished()

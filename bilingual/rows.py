@@ -117,6 +117,26 @@ def _parse_lines(path: str, lines: Iterable[tuple[int, bytes]], parse: Callable[
         SKIPPED_ROWS[path] = SKIPPED_ROWS.get(path, 0) + skipped
 
 
+def index_rows(path, lines: Iterable[tuple[int, int, bytes]], parse: Callable[[int, str], Optional[Any]],
+               on_error: str) -> tuple[list[int], list[int]]:
+    """``(line numbers, byte offsets)`` of the rows among ``lines`` (``(line, offset, raw)``, as
+    :func:`line_offsets` yields) that ``parse`` accepts (not None), under the ``on_error`` policy of
+    :func:`_parse_lines`: the index a random-access reader seeks with."""
+    current = {}
+
+    def numbered():
+        for line, offset, raw in lines:
+            current["offset"] = offset
+            yield line, raw
+
+    found_lines, offsets = [], []
+    for line in _parse_lines(str(path), numbered(), lambda line, text: line if parse(line, text) is not None
+                             else None, on_error):
+        found_lines.append(line)
+        offsets.append(current["offset"])
+    return found_lines, offsets
+
+
 def read_lines(path, parse: Optional[Callable[[int, str], Optional[T]]] = None, *,
                on_error: str = "raise") -> Iterator[T]:
     """``parse(line, text)`` for every line of a text file (default: ``(line, text)``); None drops a row."""
@@ -201,16 +221,8 @@ class TsvFile:
                 width = len(self.header)
 
         def parse_line(line: int, content: str):
-            if skip_empty and not content:
-                return None
-            cells = content.split("\t")
-            if len(cells) > width and not open_ended:
-                raise DataError(self.path, f"{len(cells)} tab-separated columns, expected {width} "
-                                           "(a tab inside a text?)", line)
-            if len(cells) < width:
-                expected = f"at least {width}" if open_ended else width
-                raise DataError(self.path, f"{len(cells)} tab-separated columns, expected {expected}", line)
-            return parse(line, cells)
+            cells = tsv_cells(self.path, line, content, width, open_ended, skip_empty)
+            return None if cells is None else parse(line, cells)
 
         try:
             yield from _parse_lines(self.path, self._lines, parse_line, on_error)
@@ -239,22 +251,57 @@ def read_jsonl(path, parse: Optional[Callable[[int, dict], Optional[T]]] = None,
     path = str(path)
 
     def parse_line(line: int, content: str):
-        if not content.strip():
-            if skip_blank:
-                return None
-            raise DataError(path, "empty line", line)
-        try:
-            record = json.loads(content)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"invalid JSON ({e.msg})", line) from None
-        if not isinstance(record, dict):
-            raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line)
-        missing = [k for k in required if k not in record]
-        if missing:
-            raise DataError(path, f"record lacks key(s) {missing} (has {sorted(record)})", line)
-        return parse(line, record)
+        record = json_record(path, line, content, required, skip_blank)
+        return None if record is None else parse(line, record)
 
     return read_lines(path, parse_line, on_error=on_error)
+
+
+def tsv_cells(path, line: int, content: str, width: int, open_ended: bool = False,
+              skip_empty: bool = False) -> Optional[list[str]]:
+    """One TSV line's cells: exactly ``width`` of them (at least, with ``open_ended``), else a ``DataError``;
+    None for an empty line when ``skip_empty``. The width rule of :meth:`TsvFile.rows`."""
+    if skip_empty and not content:
+        return None
+    cells = content.split("\t")
+    if len(cells) > width and not open_ended:
+        raise DataError(path, f"{len(cells)} tab-separated columns, expected {width} (a tab inside a text?)", line)
+    if len(cells) < width:
+        expected = f"at least {width}" if open_ended else width
+        raise DataError(path, f"{len(cells)} tab-separated columns, expected {expected}", line)
+    return cells
+
+
+def json_record(path, line: int, content: str, required: Sequence[str] = (),
+                skip_blank: bool = False) -> Optional[dict]:
+    """One JSONL line's object holding the keys ``required``, else a ``DataError``; None for a blank line
+    when ``skip_blank``. The rule of :func:`read_jsonl`."""
+    if not content.strip():
+        if skip_blank:
+            return None
+        raise DataError(path, "empty line", line)
+    try:
+        record = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"invalid JSON ({e.msg})", line) from None
+    if not isinstance(record, dict):
+        raise DataError(path, f"expected a JSON object, got {type(record).__name__}", line)
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise DataError(path, f"record lacks key(s) {missing} (has {sorted(record)})", line)
+    return record
+
+
+def line_offsets(file: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """``(line, byte offset, raw)`` for each line of an open file (as :func:`numbered_lines`, plus where each
+    line starts, so a reader can seek back to it)."""
+    offset = 0
+    for line, raw in enumerate(file, start=1):
+        start = offset
+        offset += len(raw)
+        if line == 1 and raw.startswith(UTF8_BOM):
+            raw, start = raw[len(UTF8_BOM):], start + len(UTF8_BOM)
+        yield line, start, raw
 
 
 # ------------------------------------------------------------------------------------------- cells

@@ -2,9 +2,9 @@
 
     it = make_batch_iterator("multitask_de", split="train", batch_size=global_batch // jax.process_count(),
                              seed=0, sequence_lengths={"query": 64, "passage": 256, "negatives": 256},
-                             shard_index=jax.process_index(), num_shards=jax.process_count())
+                             shard_index=jax.process_index(), num_shards=jax.process_count(), num_workers=4)
     batch = next(it)                  # dict of numpy arrays + "task" and "task_type" strings
-    state = it.get_state()            # JSON-serialisable; save it with the checkpoint
+    state = it.get_state()            # JSON-serialisable, this host's own; save it with the checkpoint
     it.set_state(state)               # the next batches equal those of the uninterrupted run
 
 Batch contract: the ``bilingual.task_types`` entry of the batch's type (every batch is checked against it).
@@ -23,49 +23,53 @@ Semantics:
 * Every batch comes from ONE task. At step ``t`` the task is drawn with probability proportional to its rate
   from a generator seeded by ``(seed, t)`` only, so every host draws the same task at the same step (the global
   batch is single-task) and a restored iterator draws the same tasks as an uninterrupted one.
-* Each task is read as a sequence of epochs; epoch ``e`` is the task's examples in a seeded random order
-  (file order and a 10k-example shuffle buffer, seeds from ``(seed, task name, e)``), restarted when exhausted.
-  The position is ``(epoch, examples consumed, offset)`` per task (``offset``: tokens of the current MLM
-  document already packed); a restore re-opens the epoch and skips the
-  consumed examples (cost: re-reading and re-tokenising them once, a few seconds per million short rows).
-* Host sharding: with ``num_shards`` hosts, host ``shard_index`` reads a disjoint part (whole files when a split
-  has at least ``num_shards`` files, else every ``num_shards``-th row); together the hosts cover the data.
+* Each task is read by index (``tasks.records``: every source is record-addressable) in the seeded order of
+  ``tasks.batch_jobs.ExampleOrder``: epoch after epoch, each a seeded permutation, hosts taking disjoint
+  positions that together cover every epoch. A host's position in a task is one number (plus, for MLM, the
+  tokens of the current document already packed), so a restore seeks straight to it: it costs the same at
+  example 10 and at example 10^7 (``benchmarks/input_pipeline.py`` measures it).
+* Why index-based reading in ``grain`` worker processes rather than tf.data: the per-example work
+  (parsing, tokenising, padding) is Python and numpy, which threads cannot run in parallel (the GIL), so
+  tf.data's parallel map does not scale with cores while processes do; and tf.data's iterator checkpoints
+  hold the shuffle buffer and cannot save ``from_generator`` sources. The tasks stay seqio tasks: their
+  source gives the records, their output features the vocabulary, and ``records_of`` checks that their
+  preprocessors are the ones this batcher applies in Python (``tasks.preprocessors.tokenize``, tested equal).
+* Parallelism: ``num_workers`` processes per task build contrastive batches and tokenise MLM documents
+  (``tasks.batch_jobs``: pure functions of an index, so the batches are the same for any worker count);
+  MLM packing and masking, which are sequential and cheap, run in the consuming process; a background thread
+  keeps ``prefetch`` finished batches ready, so the next batch waits when the step returns.
 * MLM masking uses a generator seeded by ``(seed, step, shard_index)``.
+* The state is this host's own (``get_state`` names its shard); the trainer saves one per process
+  (``bilingual.artifacts``) and a state restores only onto the same shard of the same number of hosts.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
-import copy
-import gc
-import json
 import logging
+import queue
+import threading
 import weakref
-import zlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping, Optional
 
 import gin
+import grain
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
 from bilingual import task_types
-from tasks import mixtures, mlm, sources
+from bilingual.config import ConfigError
+from tasks import batch_jobs, mixtures, mlm, records
 from tasks import preprocessors as pp
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "bilingual.batching/1"
-POSITION_FIELDS = ("epoch", "consumed", "offset")  # a task's position in a saved state
-
-
-def _seed(*parts: int | str) -> int:
-    """A 32-bit seed derived from ints and strings (strings via CRC32, stable across runs and hosts)."""
-    ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
-    return int(np.random.SeedSequence(ints).generate_state(1)[0])
+STATE_FORMAT = "bilingual.batching/2"
+POSITION_FIELDS = ("position", "offset")  # a task's position in a saved state
+DOCUMENT_CHUNK = 128  # MLM documents tokenised per worker job
+ENDLESS_JOBS = 2 ** 50  # length of an endless job sequence (grain datasets have a length)
 
 
 def _malformed_fields(state: dict) -> dict[str, Any]:
@@ -80,146 +84,166 @@ def _malformed_fields(state: dict) -> dict[str, Any]:
                       if not isinstance(p, dict) or not all(count(p.get(k)) for k in POSITION_FIELDS)}}
 
 
-READ_BATCH = 256  # examples pulled from tf.data at once (per-element iteration costs ~0.1-0.2 ms each)
+# ------------------------------------------------------------------------------------------------ records
+
+_RECORDS: "weakref.WeakKeyDictionary[seqio.Task, dict]" = weakref.WeakKeyDictionary()
 
 
-def _split_rows(value) -> list:
-    """The rows of a batched value from ``as_numpy_iterator``: a dense array or a (nested) ragged value."""
-    if isinstance(value, np.ndarray):
-        return list(value)
-    splits = np.asarray(value.row_splits)
-    inner = _split_rows(value.values)
-    if isinstance(value.values, np.ndarray):
-        return np.split(np.asarray(value.values), splits[1:-1])
-    return [inner[a:b] for a, b in zip(splits[:-1], splits[1:])]
+def records_of(task: seqio.Task, split: str):
+    """The records of ``task``'s ``split`` (``len`` and indexing, ``tasks.records``).
+
+    Sources of this project give them directly (``source.records(split)``). Any other seqio source (TFDS,
+    a user's ``seqio.DataSource``) is read once through its tf.data pipeline and the task's preprocessors up
+    to tokenisation, and held in memory (logged); prepare large ones as ArrayRecord instead
+    (``launch.prepare_data``). The task's last preprocessor must be ``tasks.preprocessors.tokenize``, which
+    the batcher applies itself (``tasks.batch_jobs``).
+    """
+    cache = _RECORDS.setdefault(task, {})
+    if split in cache:
+        return cache[split]
+    if not task.preprocessors or task.preprocessors[-1] is not pp.tokenize:
+        raise ConfigError(f"task {task.name!r}: its preprocessors must end with tasks.preprocessors.tokenize "
+                          f"(register it with tasks.registry), got {task.preprocessors}")
+    if hasattr(task.source, "records"):
+        rows = task.source.records(split)
+    else:
+        dataset = task.source.get_dataset(split=split, shuffle=False)
+        for preprocessor in task.preprocessors[:-1]:
+            dataset = preprocessor(dataset)
+        rows = records.ListRecords([_python_row(row) for row in dataset.as_numpy_iterator()])
+        log.info("task %r split %r: %d rows read into memory (%s has no random access)", task.name, split,
+                 len(rows), type(task.source).__name__)
+    cache[split] = rows
+    return rows
 
 
-def _unbatch(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
-    columns = {k: _split_rows(v) for k, v in chunk.items()}
-    n = len(next(iter(columns.values())))
-    return [{k: columns[k][i] for k in columns} for i in range(n)]
+def _python_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    def value(v):
+        if isinstance(v, bytes):
+            return v.decode("utf-8")
+        if isinstance(v, np.ndarray) and v.dtype == object:
+            return [value(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+    return {k: value(v) for k, v in row.items()}
 
 
-def pad_to(rows: list[np.ndarray], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads 1-D id arrays (each at most ``length`` long) -> ids, mask [len(rows), length] int32."""
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        if len(row) > length:
-            raise ValueError(f"sequence of {len(row)} tokens exceeds {length}")
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
-    return ids, mask
+# ------------------------------------------------------------------------------------------ task streams
 
-
-_OPEN_STREAMS: "weakref.WeakSet[TaskStream]" = weakref.WeakSet()
+_OPEN_ITERATORS: "weakref.WeakSet[BatchIterator]" = weakref.WeakSet()
 
 
 @atexit.register
-def _close_open_streams() -> None:
-    """Drops live tf.data iterators before interpreter shutdown: an iterator with work in flight (prefetch into
-    a Python ``from_generator``/``numpy_function``) can otherwise deadlock the exit waiting for the GIL."""
-    for stream in list(_OPEN_STREAMS):
-        stream.close()
-    gc.collect()
+def _close_open_iterators() -> None:
+    """Stops prefetch threads and worker processes before interpreter shutdown."""
+    for it in list(_OPEN_ITERATORS):
+        it.close()
 
 
-def _epoch_dataset(task: seqio.Task, split: str, shuffle: bool, seed: int, shard: tuple[int, int] | None,
-                   lengths: tuple) -> tf.data.Dataset:
-    """One epoch of a task, shuffled with ``seed``. Not cached on purpose: a second iterator over the same
-    ``tf.data`` dataset would draw a new shuffle order (seqio shuffles with ``reshuffle_each_iteration``), so a
-    restore builds the pipeline again (~0.5 s of tracing per task)."""
-    return task.get_dataset(
-        sequence_length=dict(lengths), split=split, shuffle=shuffle, seed=seed,
-        shard_info=None if shard is None else seqio.ShardInfo(*shard), num_epochs=1, use_cached=False,
-        trim_output_features=False, try_in_mem_cache=False)
+def _mark_flags_parsed() -> None:
+    """grain's worker processes read absl flags; a library caller (pytest, a notebook) has not parsed any."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 class TaskStream:
-    """Examples of one task on one host, epoch after epoch, with a saveable position.
+    """One task's examples on one host from a position on: contrastive batches or MLM documents, built by a
+    ``grain`` pipeline of ``tasks.batch_jobs`` jobs (in ``num_workers`` processes, or in this process).
 
-    ``peek()`` returns the current example without consuming it; ``advance()`` consumes it. For MLM, the
-    current document is consumed a piece at a time (its token ``offset`` is part of the position).
+    The position is ``(position, offset)``: the next unread host position and, for MLM, the tokens of that
+    document already packed.
     """
 
-    def __init__(self, task: seqio.Task, split: str, seed: int, shard_info: seqio.ShardInfo | None,
-                 sequence_lengths: Mapping[str, int], *, shuffle: bool = True, num_epochs: int | None = None):
-        self.task, self.split, self.seed, self.shard_info = task, split, seed, shard_info
-        self.lengths, self.shuffle, self.num_epochs = dict(sequence_lengths), shuffle, num_epochs
-        self.epoch, self.consumed, self.offset = 0, 0, 0
-        self._iterator: Iterator | None = None
-        self._buffer: collections.deque = collections.deque()
-        self._current = None
+    def __init__(self, task: seqio.Task, task_type: str, split: str, order: batch_jobs.ExampleOrder,
+                 lengths: Mapping[str, int], batch_size: int, num_workers: int, worker_buffer: int):
+        self.task, self.task_type, self.split, self.order = task, task_type, split, order
+        self.lengths, self.batch_size = dict(lengths), batch_size
+        self.num_workers, self.worker_buffer = num_workers, worker_buffer
+        self.position, self.offset = 0, 0
+        self._iterator = None
+        self._documents: list[np.ndarray] = []  # MLM: tokenised documents from `position` on
+        self._document_start = 0  # position of self._documents[0]
 
-    # position -------------------------------------------------------------------------------------------
     def get_state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "offset": self.offset}
+        return {"position": self.position, "offset": self.offset, "epoch": self.order.epoch(self.position)}
 
     def set_state(self, state: Mapping[str, int]) -> None:
-        self.epoch, self.consumed, self.offset = int(state["epoch"]), int(state["consumed"]), int(state["offset"])
-        self._iterator, self._current = None, None
-        self._buffer.clear()
-
-    # reading --------------------------------------------------------------------------------------------
-    def _open(self) -> None:
-        shard = None if self.shard_info is None else (self.shard_info.index, self.shard_info.num_shards)
-        ds = _epoch_dataset(self.task, self.split, self.shuffle, _seed(self.seed, self.task.name, self.epoch), shard,
-                            tuple(sorted(self.lengths.items())))
-        if self.consumed:
-            ds = ds.skip(self.consumed)
-        self._iterator = ds.ragged_batch(READ_BATCH).prefetch(2).as_numpy_iterator()
-        self._buffer.clear()
-        _OPEN_STREAMS.add(self)
+        self.close()
+        self.position, self.offset = int(state["position"]), int(state["offset"])
 
     def close(self) -> None:
-        """Releases the tf.data iterator (the position is kept; reading again re-opens it)."""
-        self._iterator = None
-        self._buffer.clear()
-        self._current = None
+        if self._iterator is not None and hasattr(self._iterator, "close"):
+            self._iterator.close()
+        self._iterator, self._documents = None, []
 
-    def _next_example(self) -> dict[str, Any]:
-        if not self._buffer:
-            try:
-                chunk = next(self._iterator)  # StopIteration at the end of the epoch
-            except tf.errors.OpError as err:  # a malformed row: the source's DataError, as text
-                raise sources.unwrap_data_error(err) or err
-            self._buffer.extend(_unbatch(chunk))
-        return self._buffer.popleft()
+    def _open(self) -> None:
+        """The job pipeline from the current position (constant time wherever that is)."""
+        if self.order.limit == 0:
+            shard = "" if self.order.num_shards == 1 else \
+                f" on shard {self.order.shard_index} of {self.order.num_shards}"
+            raise ValueError(f"task {self.task.name!r} split {self.split!r} yields no examples{shard}")
+        vocab = next(iter(self.task.output_features.values())).vocabulary
+        encoder = batch_jobs.TextEncoder(vocab.path)
+        records_ = records_of(self.task, self.split)
+        limit = self.order.limit
+        if self.task_type == "mlm":
+            job = batch_jobs.DocumentJob(records_, self.order, encoder, DOCUMENT_CHUNK, self.position)
+            jobs = ENDLESS_JOBS if limit is None else -(-(limit - self.position) // DOCUMENT_CHUNK)
+            self._documents, self._document_start = [], self.position
+        else:
+            spec = task_types.get(self.task_type)
+            views = tuple(batch_jobs.View(ids, mask, spec.arrays[ids][0][-1], len(spec.arrays[ids][0]) == 3)
+                          for ids, mask in spec.views.values())
+            scalars = tuple((key, np.dtype(spec.arrays[key][1]).name) for key in spec.scalars)
+            job = batch_jobs.ContrastiveJob(self.task.name, records_, self.order, encoder, self.batch_size,
+                                            self.position, views, scalars, tuple(sorted(self.lengths.items())))
+            jobs = ENDLESS_JOBS if limit is None else (limit - self.position) // self.batch_size
+        dataset = grain.MapDataset.range(max(jobs, 0)).map(job).to_iter_dataset()
+        if self.num_workers:
+            _mark_flags_parsed()
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.num_workers, per_worker_buffer_size=self.worker_buffer),
+                worker_init_fn=batch_jobs.quiet_worker)
+        self._iterator = iter(dataset)
 
-    def peek(self) -> dict[str, Any]:
-        if self._current is None:
-            if self._iterator is None:
-                self._open()
-            try:
-                self._current = self._next_example()
-            except StopIteration:
-                if self.consumed == 0:
-                    raise ValueError(f"task {self.task.name!r} split {self.split!r} yields no examples"
-                                     f"{'' if self.shard_info is None else f' on shard {self.shard_info}'}")
-                if self.num_epochs is not None and self.epoch + 1 >= self.num_epochs:
-                    raise
-                self.epoch, self.consumed, self.offset, self._iterator = self.epoch + 1, 0, 0, None
-                return self.peek()
-        return self._current
+    def _pull(self):
+        if self._iterator is None:
+            self._open()
+        return next(self._iterator)  # StopIteration after num_epochs
 
-    def advance(self) -> None:
-        self.peek()
-        self._current = None
-        self.consumed, self.offset = self.consumed + 1, 0
+    # contrastive ------------------------------------------------------------------------------------------
+    def next_batch(self) -> dict[str, np.ndarray]:
+        batch = self._pull()
+        self.position += self.batch_size
+        return batch
 
     # MLM documents ---------------------------------------------------------------------------------------
+    def _document(self) -> np.ndarray:
+        while self.position - self._document_start >= len(self._documents):
+            if self._iterator is None:
+                self._open()
+            self._document_start += len(self._documents)
+            self._documents = self._pull()
+        return self._documents[self.position - self._document_start]
+
     def document_rest(self) -> np.ndarray:
         """The not yet packed tokens of the current MLM document (empty documents are skipped)."""
         while True:
-            ids = self.peek()["text"]
+            ids = self._document()
             if self.offset < len(ids):
                 return ids[self.offset:]
-            self.advance()
+            self.position, self.offset = self.position + 1, 0
 
     def consume_tokens(self, n: int) -> None:
         self.offset += n
-        if self.offset >= len(self.peek()["text"]):
-            self.advance()
+        if self.offset >= len(self._document()):
+            self.position, self.offset = self.position + 1, 0
+
+
+# --------------------------------------------------------------------------------------------- batches
 
 
 class BatchIterator:
@@ -227,32 +251,47 @@ class BatchIterator:
 
     def __init__(self, name: str, tasks: list[seqio.Task], rates: np.ndarray, *, split: str, batch_size: int,
                  seed: int, sequence_lengths: Mapping[str, int], shard_index: int, num_shards: int,
-                 shuffle: bool, num_epochs: int | None, mlm_rate: float):
+                 shuffle: bool, num_epochs: int | None, mlm_rate: float, num_workers: int = 0,
+                 worker_buffer: int = 2, prefetch: int = 2):
         self.name, self.tasks, self.split = name, tasks, split
         self.probabilities = rates / rates.sum()
         self.batch_size, self.seed, self.lengths = batch_size, seed, dict(sequence_lengths)
         self.shard_index, self.num_shards = shard_index, num_shards
         self.shuffle, self.num_epochs, self.mlm_rate = shuffle, num_epochs, mlm_rate
+        self.num_workers, self.worker_buffer, self.prefetch = num_workers, worker_buffer, prefetch
         self.task_types = {t.name: pp.task_type_of(t.output_features) for t in tasks}
         self.step = 0
         self._streams: dict[str, TaskStream] = {}
         self._saved_positions: dict[str, dict] = {}
+        self._state = self._current_state()  # the state after the last batch handed out
+        self._queue: Optional[queue.Queue] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        _OPEN_ITERATORS.add(self)
 
     # state ----------------------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "name": self.name, "split": self.split, "seed": self.seed,
                 "batch_size": self.batch_size, "shard_index": self.shard_index, "num_shards": self.num_shards,
-                "sequence_lengths": dict(sorted(self.lengths.items()))}
+                "shuffle": self.shuffle, "sequence_lengths": dict(sorted(self.lengths.items()))}
 
-    def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable position: the step and each task's (epoch, consumed, offset)."""
+    def _current_state(self) -> dict[str, Any]:
         positions = dict(self._saved_positions)
         positions.update({name: s.get_state() for name, s in self._streams.items()})
-        return {**self._identity(), "step": self.step, "tasks": dict(sorted(positions.items()))}
+        sizes = {name: len(records_of(t, self.split)) for name, t in ((t.name, t) for t in self.tasks)
+                 if name in positions}
+        return {**self._identity(), "step": self.step, "tasks": dict(sorted(positions.items())),
+                "records": dict(sorted(sizes.items()))}
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable position of this host after the last batch ``next`` returned: the step and each
+        task's ``(position, offset)`` (with its epoch and record count, for reading)."""
+        return self._state
 
     def set_state(self, state: Mapping[str, Any]) -> None:
-        """Restores a ``get_state`` result; the identity (name, seed, shards, batch size, ...) must match."""
-        state = json.loads(json.dumps(state))  # accept anything JSON round-trips to (e.g. from orbax)
+        """Restores a ``get_state`` result of the same host; the identity (name, seed, shard of how many
+        hosts, batch size, ...) and each task's record count must match."""
+        self._stop_prefetch()
         malformed = _malformed_fields(state) if isinstance(state, dict) else {"(the state)": state}
         if malformed:
             raise ValueError(f"data iterator state has malformed fields {malformed} (a JSON object whose 'step' is "
@@ -264,55 +303,52 @@ class BatchIterator:
         unknown = set(state["tasks"]) - set(self.task_types)
         if unknown:
             raise ValueError(f"data iterator state names tasks {sorted(unknown)} not in {self.name!r}")
+        by_name = {t.name: t for t in self.tasks}
+        changed = {name: (n, len(records_of(by_name[name], self.split)))
+                   for name, n in dict(state.get("records") or {}).items()
+                   if name in by_name and n != len(records_of(by_name[name], self.split))}
+        if changed:
+            raise ValueError(f"the data changed since the state was saved: records per task {changed} "
+                             "(saved, now); a position means another example now")
+        for stream in self._streams.values():
+            stream.close()
         self.step = state["step"]
         self._streams = {}
-        self._saved_positions = copy.deepcopy(state["tasks"])
+        self._saved_positions = {k: {f: int(v[f]) for f in POSITION_FIELDS} for k, v in state["tasks"].items()}
+        self._state = self._current_state()
 
     # batches --------------------------------------------------------------------------------------------
     def _stream(self, task: seqio.Task) -> TaskStream:
         if task.name not in self._streams:
-            shard = seqio.ShardInfo(self.shard_index, self.num_shards) if self.num_shards > 1 else None
-            stream = TaskStream(task, self.split, self.seed, shard, self.lengths, shuffle=self.shuffle,
-                                num_epochs=self.num_epochs)
+            order = batch_jobs.ExampleOrder(len(records_of(task, self.split)), self.seed, task.name,
+                                            self.shard_index, self.num_shards, self.shuffle, self.num_epochs)
+            stream = TaskStream(task, self.task_types[task.name], self.split, order, self.lengths, self.batch_size,
+                                self.num_workers, self.worker_buffer)
             if task.name in self._saved_positions:
                 stream.set_state(self._saved_positions.pop(task.name))
             self._streams[task.name] = stream
         return self._streams[task.name]
-
-    def close(self) -> None:
-        """Releases the tf.data pipelines (also done automatically at interpreter exit); the state is kept."""
-        for stream in self._streams.values():
-            stream.close()
-
-    def __enter__(self) -> "BatchIterator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def task_for_step(self, step: int) -> seqio.Task:
         """The task of batch ``step`` (the same on every host)."""
         rng = np.random.default_rng([self.seed, step, 0])
         return self.tasks[int(rng.choice(len(self.tasks), p=self.probabilities))]
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, Any]:
+    def _produce(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The next batch and the state after it."""
         task = self.task_for_step(self.step)
         task_type = self.task_types[task.name]
         stream = self._stream(task)
-        vocab = next(iter(task.output_features.values())).vocabulary
-        spec = task_types.get(task_type)
         if task_type == "mlm":
+            vocab = next(iter(task.output_features.values())).vocabulary
             rng = np.random.default_rng([self.seed, self.step, 1, self.shard_index])
             batch = self._mlm_batch(stream, vocab, rng)
         else:
-            batch = self._tuple_batch(stream, spec, vocab)
-        spec.check_batch(batch, self.batch_size, self.lengths)
+            batch = stream.next_batch()
+        task_types.get(task_type).check_batch(batch, self.batch_size, self.lengths)
         self.step += 1
         batch["task"], batch["task_type"] = task.name, task_type
-        return batch
+        return batch, self._current_state()
 
     def _mlm_batch(self, stream: TaskStream, vocab, rng: np.random.Generator) -> dict[str, Any]:
         length = self.lengths["text"]
@@ -324,31 +360,69 @@ class BatchIterator:
         return {"input_ids": masked["input_ids"], "attention_mask": (segments > 0).astype(np.int32),
                 "segment_ids": segments, "targets": masked["targets"], "loss_weights": masked["loss_weights"]}
 
-    def _tuple_batch(self, stream: TaskStream, spec: task_types.TaskType, vocab) -> dict[str, Any]:
-        """A contrastive batch in the layout of ``spec``: each view's sequences from the example feature named by
-        its length key, padded to that length (``[B, m, L]`` views from ``m`` sequences per example); the
-        other arrays (STS ``score``) from the feature of their name, in the table's dtype."""
-        examples = []
-        for _ in range(self.batch_size):
-            examples.append(stream.peek())
-            stream.advance()
-        batch: dict[str, Any] = {}
-        for ids_key, mask_key in spec.views.values():
-            dims = spec.arrays[ids_key][0]
-            side, nested = dims[-1], len(dims) == 3
-            rows = [e[side] for e in examples]
-            if nested:
-                m = len(rows[0])
-                if any(len(r) != m for r in rows):
-                    raise ValueError(f"task {stream.task.name!r}: examples carry different numbers of {side}")
-                rows = [seq for r in rows for seq in r]
-            ids, mask = pad_to(rows, self.lengths[side], vocab.pad_id)
-            if nested:
-                ids, mask = ids.reshape(len(examples), m, -1), mask.reshape(len(examples), m, -1)
-            batch[ids_key], batch[mask_key] = ids, mask
-        for key in spec.scalars:
-            batch[key] = np.array([e[key] for e in examples], spec.arrays[key][1])
-        return batch
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.prefetch < 1:
+            batch, self._state = self._produce()
+            return batch
+        if self._thread is None:
+            self._start_prefetch()
+        kind, value, state = self._queue.get()
+        if kind == "error":
+            self._stop_prefetch()
+            raise value
+        self._state = state
+        return value
+
+    # prefetch -------------------------------------------------------------------------------------------
+    def _start_prefetch(self) -> None:
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._thread = threading.Thread(target=self._prefetch_loop, args=(self._queue, self._stop),
+                                        name=f"batches-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _prefetch_loop(self, out: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                item = ("batch", *self._produce())
+            except BaseException as err:  # handed to the consumer (StopIteration included)
+                item = ("error", err, None)
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[0] == "error":
+                return
+
+    def _stop_prefetch(self) -> None:
+        """Stops the prefetch thread and rewinds to the state after the last batch handed out."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread, self._queue = None, None
+        consumed = self._state
+        for stream in self._streams.values():
+            stream.close()
+        self.step, self._streams = consumed["step"], {}
+        self._saved_positions = {k: {f: v[f] for f in POSITION_FIELDS} for k, v in consumed["tasks"].items()}
+
+    def close(self) -> None:
+        """Stops the prefetch thread and the worker processes; the state is kept (reading again resumes)."""
+        self._stop_prefetch()
+        for stream in self._streams.values():
+            stream.close()
+
+    def __enter__(self) -> "BatchIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str, int] | None = None,
@@ -364,7 +438,8 @@ def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str,
 def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, seed: int = 0, *,
                         sequence_lengths: Mapping[str, int] | None = None, shard_index: int = 0,
                         num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,
-                        num_epochs: int | None = None, mlm_rate: float = 0.3) -> BatchIterator:
+                        num_epochs: int | None = None, mlm_rate: float = 0.3, num_workers: int = 0,
+                        worker_buffer: int = 2, prefetch: int = 2) -> BatchIterator:
     """Batches of a registered task or mixture for one host.
 
     Args:
@@ -381,6 +456,10 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
       shuffle: shuffle each epoch (seeded). ``False`` reads in file order (evaluation, debugging).
       num_epochs: ``None`` repeats forever; otherwise ``StopIteration`` once a task runs out.
       mlm_rate: fraction of tokens selected for MLM (TRAINING.md: 0.3).
+      num_workers: input worker processes per task (0: in this process). The batches are the same for
+        every value; ``benchmarks/input_pipeline.py`` measures the rate per worker.
+      worker_buffer: finished jobs (batches, MLM document chunks) each worker keeps ready.
+      prefetch: finished batches a background thread keeps ready (0: none, batches are built in ``next``).
 
     Returns:
       A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``, ``close()``).
@@ -392,6 +471,9 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0 or worker_buffer < 1 or prefetch < 0:
+        raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0, worker_buffer="
+                         f"{worker_buffer} >= 1")
     lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
     tasks, task_rates = mixtures.resolve(name, split)
     if rates is not None:
@@ -405,4 +487,5 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
     log.info("batches of %r: rates %s", name, {t: round(r / values.sum(), 4) for t, r in task_rates.items()})
     return BatchIterator(name, tasks, values, split=split, batch_size=batch_size, seed=seed,
                          sequence_lengths=lengths, shard_index=shard_index, num_shards=num_shards, shuffle=shuffle,
-                         num_epochs=num_epochs, mlm_rate=mlm_rate)
+                         num_epochs=num_epochs, mlm_rate=mlm_rate, num_workers=num_workers,
+                         worker_buffer=worker_buffer, prefetch=prefetch)

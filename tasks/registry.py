@@ -45,8 +45,7 @@ class CountingFileSource(FileSource):
 
     def num_input_examples(self, split: str) -> int:
         if split not in self._counts:
-            self._counts[split] = sum(1 for path in self.list_shards(split)
-                                      for _ in self.parser.rows(path, self.on_error))
+            self._counts[split] = len(self.records(split))
         return self._counts[split]
 
 

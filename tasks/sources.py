@@ -1,31 +1,21 @@
-"""seqio data sources for local or remote files (TSV, JSONL, plain text) with row validation.
+"""seqio data sources for local or remote files (TSV, JSONL, plain text, ArrayRecord) with row validation.
 
-The formats of ``shared/data/README.md`` are the contract:
+Which cells feed which feature, and the formats, are ``tasks.row_parser``; files are found with
+``tf.io.gfile.glob``, so local paths, globs and ``gs://`` all work.
 
-* plain text: one document per line (``kind="text"`` -> feature ``text``);
-* pairs: TSV ``text1\\ttext2`` with a header, or JSONL (``kind="pairs"`` -> ``query``, ``passage``);
-* retrieval tuples: TSV ``query\\tpositive\\tnegative_1 ... negative_m`` or JSONL with a list of negatives
-  (``kind="retrieval"`` -> ``query``, ``passage``, ``negatives`` [m]);
-* STS: TSV ``sentence1\\tsentence2\\tscore`` (``kind="sts"`` -> ``a``, ``b``, ``score`` float32).
+Every source here is record-addressable: ``records(split)`` (``tasks.records``) gives ``len`` and the row at
+any index, which the trainer's batcher (``tasks.batching``) reads in its worker processes; ``get_dataset``
+serves the same rows as a tf.data pipeline for seqio's own interface (``Task.get_dataset``).
 
-Which column/key feeds which feature is configurable (``columns``); TSV columns are named by header or by
-0-based index. A TSV row has exactly the header's number of columns, or in a headerless file exactly the
-columns up to the last one configured; the one exception is headerless retrieval, where every column from
-the first negative on is a negative (so the negatives column must come last). A row with more columns (a
-tab inside a text) is malformed, not cut short. Files are found with ``tf.io.gfile.glob``, so local paths,
-globs and ``gs://`` all work.
+Reading and validation are ``bilingual.rows`` (lines, UTF-8, a leading BOM, the ``on_error`` policy): a row
+with too few or too many columns, an empty text, a score that is not a finite number, too few negatives, bad
+JSON or invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` when the files are
+indexed (inside tf.data the error reaches the caller wrapped in a ``tf.errors`` exception whose message holds
+that text; ``unwrap_data_error`` recovers it). With ``on_error="skip"`` such rows are dropped and a warning
+with the count (and the first reason) is logged once per file, and counted in
+``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
 
-Reading and validation are ``bilingual.rows`` (lines, UTF-8, a leading BOM, TSV quoting, the ``on_error``
-policy): a row with too few or too many columns, an empty text, a score that is not a finite number, too few
-negatives, bad JSON or invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` (the error
-reaches the caller wrapped in a ``tf.errors`` exception whose message holds that text;
-``unwrap_data_error`` recovers it). With
-``on_error="skip"`` such rows are dropped and a warning with the count (and the first reason) is logged once
-per file, and counted in ``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
-
-Sharding: ``list_shards`` returns the files. When a split has at least as many files as hosts, seqio passes the
-shard to ``get_dataset`` and each host reads only its files; otherwise seqio reads the (identically ordered)
-rows and keeps every ``num_shards``-th one (``Task.get_dataset`` decides, see seqio).
+Sharding (``get_dataset``): host ``index`` of ``num_shards`` keeps every ``num_shards``-th row.
 """
 
 from __future__ import annotations
@@ -37,10 +27,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from bilingual.rows import DataError, TsvFile, check_on_error, read_jsonl, read_lines, valid_number, valid_text
+from bilingual.rows import DataError, TsvFile, check_on_error, read_jsonl, valid_number
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
-
-KINDS = ("text", "pairs", "retrieval", "sts")
+from tasks import records
+from tasks.row_parser import DEFAULT_COLUMNS, DEFAULT_JSON_KEYS, KINDS, RowParser  # noqa: F401  (re-exported)
 
 
 def unwrap_data_error(err: tf.errors.OpError) -> DataError | None:
@@ -51,21 +41,6 @@ def unwrap_data_error(err: tf.errors.OpError) -> DataError | None:
         return None
     where = re.fullmatch(r"(.+?):(\d+): (.+)", found[1])
     return DataError(where[1], where[3], int(where[2])) if where else DataError(None, found[1])
-
-#: default column/key per output feature. TSV columns may also be 0-based integers.
-DEFAULT_COLUMNS = {
-    "text": {"text": 0},
-    "pairs": {"query": 0, "passage": 1},
-    "retrieval": {"query": 0, "passage": 1, "negatives": 2},  # TSV: every column from 2 on; JSONL: a list
-    "sts": {"a": 0, "b": 1, "score": 2},
-}
-DEFAULT_JSON_KEYS = {
-    "text": {"text": "text"},
-    "pairs": {"query": "query", "passage": "passage"},
-    "retrieval": {"query": "query", "passage": "positive", "negatives": "negatives"},
-    "sts": {"a": "sentence1", "b": "sentence2", "score": "score"},
-}
-
 
 def output_signature(kind: str) -> dict[str, tf.TensorSpec]:
     """Feature name -> spec of the raw (untokenised) examples a source of this kind yields."""
@@ -81,110 +56,37 @@ def output_signature(kind: str) -> dict[str, tf.TensorSpec]:
     raise ValueError(f"unknown source kind {kind!r}; expected one of {KINDS}")
 
 
-def _infer_format(path: str) -> str:
-    name = path.lower().removesuffix(".gz")
-    if name.endswith((".jsonl", ".json")):
-        return "jsonl"
-    if name.endswith(".tsv"):
-        return "tsv"
-    return "text"
+ARRAY_RECORD_SUFFIX = ".array_record"
 
 
-class RowParser:
-    """Turns one line of one file into a feature dict, or raises ``DataError`` naming file and line.
+def check_record_features(rows, kind: str, files: Sequence[str]) -> None:
+    """The first record of ArrayRecord ``files`` holds the features of a ``kind`` source."""
+    expected = set(output_signature(kind))
+    if len(rows) and set(rows[0]) != expected:
+        raise DataError(files[0], f"records hold {sorted(rows[0])}, a {kind} source needs {sorted(expected)}")
 
-    Args:
-      kind: one of ``KINDS``.
-      file_format: ``"tsv"``, ``"jsonl"``, ``"text"`` or ``None`` (from the file extension: ``.tsv``,
-        ``.jsonl``/``.json``, anything else plain text).
-      columns: feature -> TSV column (header name or 0-based index) or JSON key; defaults above. For
-        retrieval TSV, ``negatives`` names the first negative column, after every other; every column
-        after it is one too (with a header: up to the header's last; without one: open-ended).
-      header: whether TSV files start with a header line (the shared data and the demo data do).
-      num_negatives: retrieval only: rows must carry at least this many non-empty negatives; the first
-        ``num_negatives`` are kept (fixed shapes for the trainer).
-      score_range: STS only: optional (low, high) inclusive bounds of the score.
-    """
 
-    def __init__(self, kind: str, *, file_format: str | None = None, columns: Mapping[str, Any] | None = None,
-                 header: bool = True, num_negatives: int | None = None,
-                 score_range: tuple[float, float] | None = None):
-        if kind not in KINDS:
-            raise ValueError(f"unknown source kind {kind!r}; expected one of {KINDS}")
-        if kind == "retrieval" and (num_negatives is None or num_negatives < 1):
-            raise ValueError(f"a retrieval source needs num_negatives >= 1, got {num_negatives!r}")
-        self.kind, self.file_format, self.header = kind, file_format, header
-        self.columns = dict(columns) if columns else None
-        self.num_negatives, self.score_range = num_negatives, score_range
+def records_dataset(rows, kind: str, shuffle: bool, seed: int | None,
+                    shard_info: seqio.ShardInfo | None) -> tf.data.Dataset:
+    """Record-addressable ``rows`` as a tf.data pipeline of raw examples (seqio's ``get_dataset``)."""
+    order = np.arange(len(rows))
+    if shuffle:
+        order = np.random.default_rng(seed).permutation(len(rows))
+    if shard_info is not None:
+        order = order[shard_info.index::shard_info.num_shards]
+    signature = output_signature(kind)
+    chunk = 512  # rows per Python -> TF hand-over; from_generator costs ~0.2 ms per element, so batch it
 
-    def format_of(self, path: str) -> str:
-        fmt = self.file_format or _infer_format(path)
-        if fmt not in ("tsv", "jsonl", "text"):
-            raise ValueError(f"unknown file_format {fmt!r}")
-        if fmt == "text" and self.kind != "text":
-            raise DataError(path, f"a {self.kind} source needs .tsv or .jsonl files (or set file_format)")
-        return fmt
+    def columns(batch):
+        return {key: np.array([r[key] for r in batch], np.float32 if spec.dtype == tf.float32 else object)
+                for key, spec in signature.items()}
 
-    def resolve_tsv_columns(self, tsv: TsvFile) -> dict[str, int]:
-        cols = self.columns or DEFAULT_COLUMNS[self.kind]
-        out = {feature: tsv.column(col, feature) for feature, col in cols.items()}
-        missing = set(DEFAULT_COLUMNS[self.kind]) - set(out)
-        if missing:
-            raise ValueError(f"columns lacks {sorted(missing)} for a {self.kind} source")
-        if "negatives" in out and max(out.values()) > out["negatives"]:
-            raise ValueError(f"the negatives column must come after every other column, got {cols}")
-        return out
+    def generate():
+        for start in range(0, len(order), chunk):
+            yield columns([rows[int(i)] for i in order[start:start + chunk]])
 
-    def _value(self, feature: str, value: Any, path: str, line: int) -> Any:
-        if feature == "score":
-            return valid_number(value, path, line, "score", self.score_range)
-        return valid_text(value, path, line, feature)
-
-    def _negatives(self, values: Sequence[Any], path: str, line: int) -> list[str]:
-        negatives = [valid_text(v, path, line, "negatives") for v in values]
-        if len(negatives) < self.num_negatives:
-            raise DataError(path, f"{len(negatives)} negatives, the task needs {self.num_negatives}", line)
-        return negatives[: self.num_negatives]
-
-    def parse_tsv(self, cells: list[str], cols: dict[str, int], path: str, line: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for feature, i in cols.items():
-            if feature == "negatives":
-                out[feature] = self._negatives(cells[i:], path, line)
-            else:
-                out[feature] = self._value(feature, cells[i], path, line)
-        return out
-
-    def parse_json(self, record: dict[str, Any], keys: Mapping[str, str], path: str, line: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for feature, key in keys.items():
-            value = record[key]
-            if feature == "negatives":
-                if not isinstance(value, list):
-                    raise DataError(path, f"{key!r} must be a list of strings", line)
-                out[feature] = self._negatives(value, path, line)
-            else:
-                out[feature] = self._value(feature, value, path, line)
-        return out
-
-    def rows(self, path: str, on_error: str = "raise") -> Iterator[dict[str, Any]]:
-        """Yields the parsed rows of ``path``; see the module docstring for ``on_error``."""
-        fmt = self.format_of(path)
-        if fmt == "tsv":
-            with TsvFile(path, header=self.header) as tsv:
-                if self.header and tsv.header is None:
-                    return  # an empty file
-                cols = self.resolve_tsv_columns(tsv)
-                width = None if self.header else max(cols.values()) + 1  # None: the header's
-                yield from tsv.rows(lambda line, cells: self.parse_tsv(cells, cols, path, line), on_error=on_error,
-                                    width=width, open_ended=not self.header and "negatives" in cols)
-        elif fmt == "jsonl":
-            keys = self.columns or DEFAULT_JSON_KEYS[self.kind]
-            yield from read_jsonl(path, lambda line, record: self.parse_json(record, keys, path, line),
-                                       required=list(keys.values()), on_error=on_error)
-        else:
-            yield from read_lines(path, lambda line, text: {"text": valid_text(text, path, line, "text")},
-                                       on_error=on_error)
+    batched = {k: tf.TensorSpec([None, *v.shape], v.dtype) for k, v in signature.items()}
+    return tf.data.Dataset.from_generator(generate, output_signature=batched).unbatch()
 
 
 class FileSource(seqio.DataSource):
@@ -201,6 +103,7 @@ class FileSource(seqio.DataSource):
         super().__init__(splits=tuple(split_to_filepattern), caching_permitted=False)
         self._patterns = {k: [v] if isinstance(v, str) else list(v) for k, v in split_to_filepattern.items()}
         self.parser, self.on_error = parser, check_on_error(on_error)
+        self._records: dict[str, Any] = {}
 
     @property
     def kind(self) -> str:
@@ -208,7 +111,7 @@ class FileSource(seqio.DataSource):
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
-        return False
+        return True  # rows are sharded by index
 
     def list_shards(self, split: str) -> list[str]:
         if split not in self._patterns:
@@ -221,39 +124,29 @@ class FileSource(seqio.DataSource):
             files.extend(matched)
         return files
 
+    def records(self, split: str):
+        """The split's rows by index (``tasks.records``): ``ArrayRecordRows`` when every file ends in
+        ``.array_record`` (rows written by ``launch.prepare_data``), else ``LineRecords`` (one validating
+        pass, once per process)."""
+        if split not in self._records:
+            files = self.list_shards(split)
+            if all(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
+                rows = records.ArrayRecordRows(files)
+                check_record_features(rows, self.kind, files)
+            elif any(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
+                raise DataError(None, f"split {split!r} mixes ArrayRecord and text files: {files}")
+            else:
+                rows = records.LineRecords.scan(files, self.parser, self.on_error)
+            self._records[split] = rows
+        return self._records[split]
+
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
                     num_epochs=1) -> tf.data.Dataset:
-        """Rows of the split's files; files in a seeded random order when ``shuffle``; ``shard_info`` keeps
-        every ``num_shards``-th file starting at ``index``."""
-        files = self.list_shards(split)
-        if shuffle:
-            files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
-        if shard_info is not None:
-            files = files[shard_info.index::shard_info.num_shards]
-        parser, on_error, signature = self.parser, self.on_error, output_signature(self.kind)
-        chunk = 512  # rows per Python -> TF hand-over; from_generator costs ~0.2 ms per element, so batch it
-
-        def columns(rows):
-            out = {}
-            for key, spec in signature.items():
-                values = [r[key] for r in rows]
-                out[key] = np.array(values, np.float32 if spec.dtype == tf.float32 else object)
-            return out
-
-        def generate():
-            rows = []
-            for path in files:
-                for row in parser.rows(path, on_error):
-                    rows.append(row)
-                    if len(rows) == chunk:
-                        yield columns(rows)
-                        rows = []
-            if rows:
-                yield columns(rows)
-
-        batched = {k: tf.TensorSpec([None, *v.shape], v.dtype) for k, v in signature.items()}
-        return tf.data.Dataset.from_generator(generate, output_signature=batched).unbatch()
+        """The split's rows as a tf.data pipeline (seqio's interface; the trainer's batcher reads
+        ``records`` instead): file order, or a seeded permutation when ``shuffle``; ``shard_info`` keeps every
+        ``num_shards``-th row starting at ``index``."""
+        return records_dataset(self.records(split), self.kind, shuffle, seed, shard_info)
 
     def __repr__(self) -> str:
         return f"FileSource({self.kind}, {self._patterns}, on_error={self.on_error!r})"
@@ -286,10 +179,11 @@ class BeirSource(seqio.DataSource):
             raise ValueError("hard_negatives needs num_negatives >= 1")
         self.include_title, self.num_negatives = include_title, num_negatives
         self.on_error = check_on_error(on_error)
+        self._records: dict[str, records.ListRecords] = {}
 
     @property
     def supports_arbitrary_sharding(self) -> bool:
-        return False
+        return True  # rows are sharded by index
 
     def list_shards(self, split: str) -> list[str]:
         return [self._files[split]["qrels"]]
@@ -335,15 +229,16 @@ class BeirSource(seqio.DataSource):
         with TsvFile(qrels) as tsv:  # the header names no columns we need
             yield from tsv.rows(parse, on_error=self.on_error)
 
+    def records(self, split: str) -> records.ListRecords:
+        """The split's (query, passage[, negatives]) rows in memory, in qrels order."""
+        if split not in self._records:
+            self._records[split] = records.ListRecords(list(self.rows(split)))
+        return self._records[split]
+
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                     shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
                     num_epochs=1) -> tf.data.Dataset:
-        signature = output_signature(self.kind)
-        rows = list(self.rows(split))  # qrels are small next to the corpus; seqio shuffles/shards the rows
-        columns = {k: np.array([r[k] for r in rows], object) for k in signature}
-        if self.kind == "retrieval" and not rows:
-            columns["negatives"] = np.zeros((0, self.num_negatives), object)
-        return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in columns.items()})
+        return records_dataset(self.records(split), self.kind, shuffle, seed, shard_info)
 
     def num_input_examples(self, split: str) -> int:
-        return sum(1 for _ in self.rows(split))
+        return len(self.records(split))

@@ -334,8 +334,8 @@ def test_a_malformed_iterator_state_names_the_field(tokenizer_dir):  # noqa: F81
     it = batching.make_batch_iterator("pairs_de", batch_size=2)
     good = it.get_state()
     for bad, field in [({**good, "step": "7"}, "'step': '7'"), ({**good, "tasks": None}, "'tasks': None"),
-                       ({**good, "tasks": {"pairs_de": {"epoch": 0, "consumed": -1, "offset": 0}}},
-                        "'tasks.pairs_de': {'epoch': 0, 'consumed': -1"), ([], "'(the state)': []")]:
+                       ({**good, "tasks": {"pairs_de": {"position": -1, "offset": 0}}},
+                        "'tasks.pairs_de': {'position': -1"), ([], "'(the state)': []")]:
         with pytest.raises(ValueError, match=f"data iterator state has malformed fields {{{re.escape(field)}"):
             it.set_state(bad)
     it.set_state(good)

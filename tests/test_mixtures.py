@@ -112,7 +112,7 @@ def test_restore_across_epochs(tok_dir, tmp_path):
     assert not np.array_equal(epoch0, epoch1[:9]), "each epoch has its own order"
     fresh = batching.make_batch_iterator("ten_pairs", **kwargs)
     fresh.set_state(states[4])  # after 5 batches: epoch 1, 5 examples in
-    assert states[4]["tasks"]["ten_pairs"] == {"epoch": 1, "consumed": 5, "offset": 0}
+    assert states[4]["tasks"]["ten_pairs"] == {"epoch": 1, "position": 15, "offset": 0}
     for k in range(5, 12):
         assert_batches_equal(next(fresh), batches[k])
 

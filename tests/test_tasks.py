@@ -113,7 +113,7 @@ def test_long_documents_are_split_into_pieces(tok_dir, tok):
     # each row holds one 30-token chunk of the first document, framed <s> ... </s>
     for r in range(4):
         assert b["targets"][r].tolist() == [0] + first[30 * r: 30 * (r + 1)] + [2]
-    assert it.get_state()["tasks"]["mlm_de"] == {"epoch": 0, "consumed": 0, "offset": 120}
+    assert it.get_state()["tasks"]["mlm_de"] == {"epoch": 0, "position": 0, "offset": 120}
 
 
 def test_whole_word_mask_hand_case():
@@ -193,13 +193,17 @@ def test_malformed_rows_name_file_and_line(tmp_path, content, match):
         list(parser.rows(path))
 
 
-def test_malformed_row_error_comes_out_of_tf_data_as_the_data_error(tmp_path, tok_dir):
+def test_malformed_row_is_the_data_error_in_the_batcher_and_in_seqio(tmp_path, tok_dir):
     path = write(tmp_path / "pairs.jsonl", '{"query": "a", "passage": "b"}\n{"query": "c"}\n')
-    registry.register_pairs_task("bad_pairs", path, tok_dir)
+    task = registry.register_pairs_task("bad_pairs", path, tok_dir)
     it = batching.make_batch_iterator("bad_pairs", batch_size=2, shuffle=False)
-    with pytest.raises(DataError, match=r"^.*pairs\.jsonl:2: record lacks key\(s\) \['passage'\]") as err:
+    match = r"^.*pairs\.jsonl:2: record lacks key\(s\) \['passage'\]"
+    with pytest.raises(DataError, match=match) as err:
         next(it)
-    assert (err.value.path, err.value.line) == (str(path), 2) and isinstance(err.value.__context__, tf.errors.OpError)
+    assert (err.value.path, err.value.line) == (str(path), 2)
+    registry.register_pairs_task("bad_pairs", path, tok_dir)  # a fresh source: its rows are indexed again
+    with pytest.raises(DataError, match=match):  # seqio's own interface indexes the same rows
+        task.get_dataset({"query": 8, "passage": 8}, shuffle=False)
 
 
 def test_skip_mode_logs_count(tmp_path, tok_dir, caplog):

@@ -19,6 +19,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Optional
 
+import jax
 import numpy as np
 
 
@@ -59,6 +60,16 @@ class Hook:
         pass
 
 
+def gathered(params):
+    """``params`` as every process can read them whole: on several processes the arrays span devices of
+    other hosts, so each process receives a full host copy (an all-gather); on one process, unchanged."""
+    if jax.process_count() == 1:
+        return params
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
 class EvalHook(Hook):
     """Runs ``evaluate(step, model_config, encoder_params) -> {name: value}`` every ``every_n_steps`` and at
     the final step; returns the values as ``<prefix><name>``."""
@@ -71,7 +82,7 @@ class EvalHook(Hook):
     def __call__(self, event: StepEvent) -> Optional[dict]:
         if event.stopping or not due(event.step, self.every, event):
             return None
-        values = self.evaluate(event.step, event.model_config, event.encoder_params())
+        values = self.evaluate(event.step, event.model_config, gathered(event.encoder_params()))
         return {f"{self.prefix}{name}": float(value) for name, value in values.items()}
 
 

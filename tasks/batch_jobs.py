@@ -1,0 +1,188 @@
+"""The stateless half of the input pipeline: work that is a pure function of an index (no TensorFlow here).
+
+Every task is read as an endless, seeded sequence of *positions* on each host (``ExampleOrder``): position
+``p`` of host ``h`` of ``n`` is global index ``g = h + n * p`` of the task's records repeated epoch after
+epoch; epoch ``e = g // N`` visits the ``N`` records in the order of a seeded index permutation
+(``grain``'s ``index_shuffle``, O(1) time and memory per lookup, seeded by ``(seed, task, e)``). So the hosts
+read disjoint positions that together cover every epoch, and the record at any position is found without
+reading what comes before it: this is what makes a resume at example 10^7 cost what it costs at example 10.
+
+Two jobs run in the input workers (``tasks.batching`` feeds them to ``grain`` worker processes); each is a
+pure function of its index, so the batches do not depend on how many workers there are:
+
+* ``ContrastiveJob(j)``: batch ``j`` of a pairs / retrieval / STS task: the records at positions
+  ``start + j*B ... start + (j+1)*B - 1``, tokenised, framed ``<s> ... </s>``, truncated and padded to the
+  configured lengths (the layout of ``bilingual.task_types``).
+* ``DocumentJob(j)``: documents ``start + j*C ...`` of an MLM task, tokenised (ids without ``<s>``/``</s>``);
+  packing them into rows and masking are sequential and run after the workers (``tasks.batching``).
+
+Tokenisation is the task's ``tasks.vocabulary.ByteLevelBPEVocabulary`` (the same Rust tokenizer file, loaded
+here without TensorFlow), so ids equal those of the task's seqio preprocessors (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from grain.experimental import index_shuffle
+
+from bilingual import tokenizer as bpe
+
+SHUFFLE_ROUNDS = 4  # grain's default for its own shuffles
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A 32-bit seed derived from ints and strings (strings via CRC32, stable across runs and hosts)."""
+    ints = [zlib.crc32(p.encode()) if isinstance(p, str) else int(p) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOrder:
+    """Which record each host position reads (see the module docstring).
+
+    ``num_records``: N; ``shard_index``, ``num_shards``: h, n; ``num_epochs``: None for endless, else the
+    positions stop after that many epochs (``limit``).
+    """
+
+    num_records: int
+    seed: int
+    task: str
+    shard_index: int = 0
+    num_shards: int = 1
+    shuffle: bool = True
+    num_epochs: Optional[int] = None
+
+    def global_index(self, position: int) -> int:
+        return self.shard_index + self.num_shards * position
+
+    def epoch(self, position: int) -> int:
+        return self.global_index(position) // self.num_records
+
+    def record(self, position: int) -> int:
+        """The record index read at ``position`` of this host."""
+        epoch, i = divmod(self.global_index(position), self.num_records)
+        if not self.shuffle or self.num_records == 1:
+            return i
+        return int(index_shuffle(i, max_index=self.num_records - 1, seed=derived_seed(self.seed, self.task, epoch),
+                                 rounds=SHUFFLE_ROUNDS))
+
+    @property
+    def limit(self) -> Optional[int]:
+        """Positions this host has (None: endless): the g = h + n*p below ``num_epochs * N``."""
+        if self.num_epochs is None:
+            return None
+        return max(0, -(-(self.num_epochs * self.num_records - self.shard_index) // self.num_shards))
+
+
+class TextEncoder:
+    """The tokenizer at ``path`` (``tokenizer.json``), loaded on first use in each process, with no special
+    tokens added: ``encode(texts)`` -> int32 id arrays, as ``ByteLevelBPEVocabulary.encode_batch``."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+        self._tokenizer = None
+
+    def __getstate__(self):
+        return {"path": self.path, "_tokenizer": None}
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        if self._tokenizer is None:
+            tok = bpe.load(self.path)
+            tok.post_processor = None
+            tok.no_truncation()
+            tok.no_padding()
+            self._tokenizer = tok
+        return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(list(texts),
+                                                                                 add_special_tokens=False)]
+
+
+def frame(ids: np.ndarray, length: int) -> np.ndarray:
+    """``<s> ids[:length-2] </s>`` (the text is cut, not the frame), as ``tasks.preprocessors`` frames."""
+    return np.concatenate([[bpe.BOS_ID], ids[: length - 2], [bpe.EOS_ID]]).astype(np.int32)
+
+
+def pad_to(rows: list[np.ndarray], length: int, pad_id: int = bpe.PAD_ID) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads 1-D id arrays (each at most ``length`` long) -> ids, mask [len(rows), length] int32."""
+    ids = np.full((len(rows), length), pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        if len(row) > length:
+            raise ValueError(f"sequence of {len(row)} tokens exceeds {length}")
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """One encoder input of a contrastive batch: ``ids_key``/``mask_key`` from feature ``side``, ``[B, L]``
+    or, ``nested``, ``[B, m, L]`` (hard negatives)."""
+
+    ids_key: str
+    mask_key: str
+    side: str
+    nested: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveJob:
+    """Batch ``j`` of a contrastive task (module docstring). ``records[i]`` -> a feature dict of texts (and
+    the ``scalars``, e.g. STS ``score``); ``lengths``: side -> padded length."""
+
+    task: str
+    records: Any
+    order: ExampleOrder
+    encoder: TextEncoder
+    batch_size: int
+    start: int
+    views: tuple[View, ...]
+    scalars: tuple[tuple[str, str], ...]  # (key, numpy dtype name)
+    lengths: tuple[tuple[str, int], ...]
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        first = self.start + j * self.batch_size
+        examples = [self.records[self.order.record(p)] for p in range(first, first + self.batch_size)]
+        lengths = dict(self.lengths)
+        batch: dict[str, np.ndarray] = {}
+        for view in self.views:
+            texts = [e[view.side] for e in examples]
+            if view.nested:
+                m = len(texts[0])
+                if any(len(t) != m for t in texts):
+                    raise ValueError(f"task {self.task!r}: examples carry different numbers of {view.side}")
+                texts = [t for group in texts for t in group]
+            rows = [frame(ids, lengths[view.side]) for ids in self.encoder.encode(texts)]
+            ids, mask = pad_to(rows, lengths[view.side])
+            if view.nested:
+                ids, mask = ids.reshape(len(examples), m, -1), mask.reshape(len(examples), m, -1)
+            batch[view.ids_key], batch[view.mask_key] = ids, mask
+        for key, dtype in self.scalars:
+            batch[key] = np.array([e[key] for e in examples], dtype)
+        return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentJob:
+    """Documents ``start + j*chunk ... start + (j+1)*chunk - 1`` of an MLM task (fewer at ``order.limit``),
+    tokenised: a list of int32 arrays without ``<s>``/``</s>``."""
+
+    records: Any
+    order: ExampleOrder
+    encoder: TextEncoder
+    chunk: int
+    start: int
+
+    def __call__(self, j: int) -> list[np.ndarray]:
+        first = self.start + j * self.chunk
+        stop = first + self.chunk if self.order.limit is None else min(first + self.chunk, self.order.limit)
+        return self.encoder.encode([self.records[self.order.record(p)]["text"] for p in range(first, stop)])
+
+
+def quiet_worker(worker_index: int, worker_count: int) -> None:
+    """``grain`` worker start-up: one tokenizer thread per worker process (the workers are the parallelism)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
