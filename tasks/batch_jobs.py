@@ -169,7 +169,9 @@ class ContrastiveJob:
 @dataclasses.dataclass(frozen=True)
 class DocumentJob:
     """Documents ``start + j*chunk ... start + (j+1)*chunk - 1`` of an MLM task (fewer at ``order.limit``),
-    tokenised: a list of int32 arrays without ``<s>``/``</s>``."""
+    tokenised: ``(ids, lengths)``, the documents' ids (without ``<s>``/``</s>``) concatenated, int32, and their
+    lengths. Two arrays rather than one per document: a worker hands each array over in its own shared-memory
+    segment, which costs far more than the split (``split_documents``) in the consumer."""
 
     records: Any
     order: ExampleOrder
@@ -177,10 +179,18 @@ class DocumentJob:
     chunk: int
     start: int
 
-    def __call__(self, j: int) -> list[np.ndarray]:
+    def __call__(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         first = self.start + j * self.chunk
         stop = first + self.chunk if self.order.limit is None else min(first + self.chunk, self.order.limit)
-        return self.encoder.encode([self.records[self.order.record(p)]["text"] for p in range(first, stop)])
+        docs = self.encoder.encode([self.records[self.order.record(p)]["text"] for p in range(first, stop)])
+        lengths = np.fromiter((len(d) for d in docs), np.int64, len(docs))
+        return (np.concatenate(docs) if docs else np.zeros(0, np.int32)), lengths
+
+
+def split_documents(job_output: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """The documents of a ``DocumentJob`` result, one id array each."""
+    ids, lengths = job_output
+    return np.split(ids, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
 def quiet_worker(worker_index: int, worker_count: int) -> None:

@@ -90,7 +90,8 @@ def records_dataset(rows, kind: str, shuffle: bool, seed: int | None,
 
 
 class FileSource(seqio.DataSource):
-    """Rows of TSV/JSONL/text files, validated by a ``RowParser``.
+    """Rows of TSV/JSONL/text files, validated by a ``RowParser``, or of ``.array_record`` files holding rows
+    validated once when written (``launch.prepare_data``).
 
     Args:
       split_to_filepattern: split -> file path, glob or list of them (``tf.io.gfile`` syntax).
