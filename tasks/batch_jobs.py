@@ -61,7 +61,7 @@ class ExampleOrder:
         return self.shard_index + self.num_shards * position
 
     def epoch(self, position: int) -> int:
-        return self.global_index(position) // self.num_records
+        return self.global_index(position) // self.num_records if self.num_records else 0
 
     def record(self, position: int) -> int:
         """The record index read at ``position`` of this host."""

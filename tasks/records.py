@@ -94,25 +94,32 @@ class LineRecords:
 
 
 class ArrayRecordRows:
-    """Rows stored as JSON records in ArrayRecord files (``write_array_records``), in file order."""
+    """Rows stored as JSON records in ArrayRecord files (``write_array_records``), in file order. With a
+    ``parser``, each row read is checked like a text row of that task (negatives count, score range, empty
+    texts): the files may have been written for another task."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], parser: RowParser | None = None):
         from array_record.python import array_record_data_source
 
-        self.paths = [str(p) for p in paths]
+        self.paths, self.parser = [str(p) for p in paths], parser
         self._source = array_record_data_source.ArrayRecordDataSource(self.paths)
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return json.loads(self._source[index])
+        row = json.loads(self._source[index])
+        if self.parser is None:
+            return row
+        where = f"{self.paths[0]}{' ...' if len(self.paths) > 1 else ''} (record {index})"
+        return {feature: self.parser.negatives(value, where, None) if feature == "negatives"
+                else self.parser.value(feature, value, where, None) for feature, value in row.items()}
 
     def __getstate__(self):
-        return {"paths": self.paths}
+        return {"paths": self.paths, "parser": self.parser}
 
     def __setstate__(self, state):
-        self.__init__(state["paths"])
+        self.__init__(state["paths"], state["parser"])
 
     def __repr__(self) -> str:
         return f"ArrayRecordRows({len(self)} rows in {len(self.paths)} files)"

@@ -46,7 +46,7 @@ DEFAULT_JSON_KEYS = {
 
 
 def infer_format(path: str) -> str:
-    name = path.lower().removesuffix(".gz")
+    name = path.lower()
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
     if name.endswith(".tsv"):
@@ -119,6 +119,8 @@ class RowParser:
         self.num_negatives, self.score_range = num_negatives, score_range
 
     def format_of(self, path: str) -> str:
+        if path.lower().endswith((".gz", ".bz2", ".xz", ".zst")):
+            raise DataError(path, "compressed files are not read (rows are read by byte offset); decompress it")
         fmt = self.file_format or infer_format(path)
         if fmt not in ("tsv", "jsonl", "text"):
             raise ValueError(f"unknown file_format {fmt!r}")

@@ -132,7 +132,7 @@ class FileSource(seqio.DataSource):
         if split not in self._records:
             files = self.list_shards(split)
             if all(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
-                rows = records.ArrayRecordRows(files)
+                rows = records.ArrayRecordRows(files, self.parser)
                 check_record_features(rows, self.kind, files)
             elif any(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
                 raise DataError(None, f"split {split!r} mixes ArrayRecord and text files: {files}")
