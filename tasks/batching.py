@@ -48,7 +48,6 @@ from __future__ import annotations
 import atexit
 import logging
 import queue
-import sys
 import threading
 import weakref
 from typing import Any, Mapping, Optional
@@ -142,16 +141,6 @@ def _close_open_iterators() -> None:
         it.close()
 
 
-def _refuse_inside_worker_bootstrap() -> None:
-    """Worker processes are spawned and import the main script again (as ``__mp_main__``); a script that
-    builds iterators with workers at its top level would start workers from each worker, and hang."""
-    main = sys.modules.get("__main__")
-    if getattr(main, "__name__", None) == "__mp_main__":
-        raise RuntimeError(f"make_batch_iterator(num_workers > 0) ran while a worker process imported "
-                           f"{getattr(main, '__file__', 'the main script')}: put the code that builds and reads "
-                           "the iterator under `if __name__ == \"__main__\":`")
-
-
 def _mark_flags_parsed() -> None:
     """grain's worker processes read absl flags; a library caller (pytest, a notebook) has not parsed any."""
     from absl import flags
@@ -217,7 +206,6 @@ class TaskStream:
         dataset = grain.MapDataset.range(max(jobs, 0)).map(job).to_iter_dataset(
             grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.worker_buffer))
         if self.num_workers:
-            _refuse_inside_worker_bootstrap()
             _mark_flags_parsed()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.num_workers, per_worker_buffer_size=self.worker_buffer),
