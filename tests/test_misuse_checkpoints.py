@@ -5,6 +5,7 @@ array, a step without ``meta``: each is refused with one line that names the pla
 """
 
 import json
+import re
 import os
 import pathlib
 import shutil
@@ -197,7 +198,10 @@ def test_a_damaged_array_is_one_quiet_line_naming_the_step_and_the_parameter(tra
     # print asyncio shutdown noise after it when the child exits; that race is orbax's, see notes/issue-17.md.)
     assert done.returncode == 0 and len(errors) == 1, "\n".join(output)
     assert output.index(errors[0]) < 30, "\n".join(output)
-    assert f"error: checkpoint {workdir / 'checkpoints' / '2'} is damaged: cannot read model encoder/" in errors[0]
+    # the truncated file holds many parameters, read concurrently: which read fails first (and is named)
+    # depends on timing, so any parameter of the model item will do
+    assert re.search(rf"error: checkpoint {re.escape(str(workdir / 'checkpoints' / '2'))} is damaged: cannot read "
+                     r"model \w+/\S+ \(", errors[0]), errors[0]
     assert "TensorStore" not in errors[0] and "'driver'" not in errors[0]
 
 
