@@ -234,6 +234,16 @@ def load(path: str | os.PathLike) -> Tokenizer:
     return tok
 
 
+def load_for_encoding(path: str | os.PathLike) -> Tokenizer:
+    """``load(path)`` set up for raw encoding: no post-processor (no ``<s>``/``</s>`` added), no truncation,
+    no padding. The input pipeline frames, cuts and pads ids itself."""
+    tok = load(path)
+    tok.post_processor = None
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 def word_start_table(tok: Tokenizer) -> np.ndarray:
     """Boolean [vocab_size]: True where a token begins a word (its text starts with ``Ġ``).
 

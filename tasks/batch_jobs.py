@@ -92,11 +92,7 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         if self._tokenizer is None:
-            tok = bpe.load(self.path)
-            tok.post_processor = None
-            tok.no_truncation()
-            tok.no_padding()
-            self._tokenizer = tok
+            self._tokenizer = bpe.load_for_encoding(self.path)
         return [np.asarray(e.ids, np.int32) for e in self._tokenizer.encode_batch(list(texts),
                                                                                  add_special_tokens=False)]
 

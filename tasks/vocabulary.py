@@ -51,11 +51,7 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
         if self._tokenizer is None:
             with self._lock:
                 if self._tokenizer is None:
-                    tok = bpe.load(self._path)
-                    tok.post_processor = None
-                    tok.no_truncation()
-                    tok.no_padding()
-                    self._tokenizer = tok
+                    self._tokenizer = bpe.load_for_encoding(self._path)
         return self._tokenizer
 
     @property
