@@ -8,8 +8,12 @@ and finds the tasks of a name with ``resolve``.
     register_mixture("multitask_de", ["retrieval_de", "sts_de"])                 # rates by size
     register_mixture("mlm_de_en", {"mlm_en": 1.0, "mlm_de": 1.0})                 # explicit rates
     register_mixture("pairs_mix", ["a", "b"], rates="size", temperature=2.0)     # size ** (1/2)
+    register_mixture("mlm_de", ["mlm_de_wiki", "mlm_de_web"])                      # a mixture as a member:
+    register_mixture("mlm_de_en", {"mlm_en": 1.0, "mlm_de": 1.0})                 # 1:1 by language, by size within
 
-Rates ``"size"`` use ``task.num_input_examples("train")`` (counted once per task for file sources).
+Rates ``"size"`` use ``task.num_input_examples("train")`` (counted once per task for file sources); a member that
+is itself one of these mixtures counts the examples of all its tasks. A member mixture's rate is shared among
+its tasks in the proportions of its own rates (``resolve`` flattens it), so every batch still comes from one task.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Mixture:
             return {t: 1.0 for t in self.tasks}
         out = {}
         for t in self.tasks:
-            n = seqio.get_mixture_or_task(t).num_input_examples(split)
+            n = _num_examples(t, split)
             if not n:
                 raise ValueError(f"mixture {self.name!r}: task {t!r} reports no size for split {split!r}; "
                                  "give explicit rates")
@@ -52,13 +56,21 @@ class Mixture:
 MIXTURES: dict[str, Mixture] = {}
 
 
+def _num_examples(name: str, split: str) -> int:
+    """Train examples of a task, or of every task of one of our mixtures."""
+    if name in MIXTURES:
+        return sum(_num_examples(t, split) for t in MIXTURES[name].tasks)
+    return seqio.get_mixture_or_task(name).num_input_examples(split)
+
+
 @gin.configurable
 def register_mixture(name: str = gin.REQUIRED, tasks: Sequence[str] | Mapping[str, float] = gin.REQUIRED, *,
                      rates: str = "size", temperature: float = 1.0) -> Mixture:
     """Registers (or replaces) a mixture of already registered seqio tasks.
 
     Args:
-      tasks: task names (rates from ``rates``) or task name -> explicit rate.
+      tasks: task names (rates from ``rates``) or task name -> explicit rate; a name may be a mixture registered
+        here before (its rate is shared among its tasks, see ``resolve``).
       rates: ``"size"`` (train examples ** (1/temperature)) or ``"equal"``.
     """
     if rates not in ("size", "equal"):
@@ -66,7 +78,9 @@ def register_mixture(name: str = gin.REQUIRED, tasks: Sequence[str] | Mapping[st
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     names = tuple(tasks)
-    missing = [t for t in names if t not in seqio.TaskRegistry.names()]
+    if name in names:
+        raise ValueError(f"mixture {name!r} names itself")
+    missing = [t for t in names if t not in seqio.TaskRegistry.names() and t not in MIXTURES]
     if missing:
         raise ValueError(f"mixture {name!r}: tasks {missing} are not registered")
     explicit = {t: float(r) for t, r in tasks.items()} if isinstance(tasks, Mapping) else None
@@ -89,7 +103,19 @@ def resolve(name: str, split: str = "train") -> tuple[list[seqio.Task], dict[str
     unnormalised rates. An unknown name (the run's ``data.name``) raises ``UnknownNameError``."""
     mixture = MIXTURES.get(name)
     if mixture is not None:
-        return [seqio.get_mixture_or_task(t) for t in mixture.tasks], mixture.task_rates(split)
+        tasks, rates = [], {}
+        for member, rate in mixture.task_rates(split).items():
+            if member not in MIXTURES:
+                tasks.append(seqio.get_mixture_or_task(member))
+                rates[member] = rates.get(member, 0.0) + rate
+                continue
+            inner_tasks, inner_rates = resolve(member, split)  # shares ``rate`` in the member's proportions
+            total = sum(inner_rates.values())
+            for task in inner_tasks:
+                if task.name not in rates:
+                    tasks.append(task)
+                rates[task.name] = rates.get(task.name, 0.0) + rate * inner_rates[task.name] / total
+        return tasks, rates
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         raise UnknownNameError(
             f"data.name={name!r} is not a registered task or mixture (register it with register_data in gin); "

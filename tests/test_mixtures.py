@@ -175,3 +175,19 @@ def test_process_exits_with_live_iterators(tok_dir, tmp_path):
     done = subprocess.run([sys.executable, script], cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_mixture_of_mixtures_shares_its_rate_in_its_own_proportions(tagged_tasks):
+    """{inner(x, y by size): 1, z: 1}: inner's half goes to x:y = 300:600, so x 1/6, y 2/6, z 1/2 (exact
+    arithmetic on the sizes of the fixture); by size, the inner mixture counts 300 + 600 examples."""
+    mixtures.register_mixture("tag_inner", ["tag_x", "tag_y"])
+    mixtures.register_mixture("tag_outer", {"tag_inner": 1.0, "tag_z": 1.0})
+    tasks, rates = mixtures.resolve("tag_outer")
+    assert [t.name for t in tasks] == ["tag_x", "tag_y", "tag_z"]
+    total = sum(rates.values())
+    assert {t: r / total for t, r in rates.items()} == pytest.approx({"tag_x": 1 / 6, "tag_y": 2 / 6, "tag_z": 0.5},
+                                                                      rel=1e-12)
+    mixtures.register_mixture("tag_outer_size", ["tag_inner", "tag_z"])
+    assert mixtures.MIXTURES["tag_outer_size"].task_rates() == {"tag_inner": 900.0, "tag_z": 900.0}
+    with pytest.raises(ValueError, match="names itself"):
+        mixtures.register_mixture("tag_self", ["tag_self", "tag_x"])
