@@ -1,19 +1,26 @@
-"""Validate TSV / JSONL / text rows once and write them as ArrayRecord shards, for very large corpora.
+"""Validate TSV / JSONL / text / parquet / Arrow rows once and write them as ArrayRecord shards, for very
+large corpora (constant-time random reads, whatever the order).
 
     python -m launch.prepare_data --kind pairs --out /data/pairs-ar --shards 4 data/pairs/*.tsv
     python -m launch.prepare_data --kind retrieval --num_negatives 3 --out gs://bucket/retrieval-ar \\
         --on_error skip gs://bucket/retrieval/*.jsonl
     python -m launch.prepare_data --kind sts --columns a=s1 b=s2 score=label --out /data/sts-ar sts.tsv
+    python -m launch.prepare_data --kind text --out gs://bucket/culturax-de-ar --shards 64 \\
+        "gs://bucket/culturax/de/*.parquet"          # or a datasets save_to_disk directory
 
-Every row is checked by ``tasks.row_parser.RowParser`` exactly as a task over the text files would check it
-(``bilingual.rows``: a malformed row stops with ``error: <file>:<line>: <reason>``, or with ``--on_error skip``
-is dropped and counted). Row ``i`` of the files (in the order given, globs sorted) goes to shard ``i % K``,
-written by ``tasks.records.write_array_records`` to ``OUT/<name>-<k>-of-<K>.array_record`` (5 digits each;
-``--name`` defaults to the kind). ``--columns`` takes items up to the next option (give FILES before it or
-after another option). Retrieval rows keep their first ``--num_negatives`` negatives and STS scores are
-checked against ``--score_range`` (0 5 by default, as ``register_sts_task``): a task over the shards reads
-the rows as written, so register it with the same ``num_negatives``. Memory stays small: one
-validating pass keeps each row's byte offset (``tasks.records.LineRecords``), then each shard reads its rows.
+The files are read as a task over them reads them (``tasks.records.open_records``: parquet and Arrow files
+and ``datasets.Dataset.save_to_disk`` directories, whose columns ``--columns`` names, or text files). Every
+row is checked by ``tasks.row_parser.RowParser`` exactly as such a task would check it (``bilingual.rows``: a
+malformed row stops with ``error: <file>:<line>: <reason>`` (``<file> (row <r>)`` in a columnar file), or
+with ``--on_error skip`` is dropped and counted), before anything is written. Row ``i`` of the files (in the
+order given, globs sorted) goes to shard ``i % K``, written by ``tasks.records.write_array_records`` to
+``OUT/<name>-<k>-of-<K>.array_record`` (5 digits each; ``--name`` defaults to the kind). ``--columns`` takes
+items up to the next option (give FILES before it or after another option). Retrieval rows keep their first
+``--num_negatives`` negatives and STS scores are checked against ``--score_range`` (0 5 by default, as
+``register_sts_task``): a task over the shards reads the rows as written, so register it with the same
+``num_negatives``. Memory stays small: one validating pass keeps each text row's byte offset
+(``tasks.records.LineRecords``; a columnar file's rows are addressed by their row group), then each shard
+reads its rows in file order (a parquet row group is decoded once per shard).
 A remote ``--out`` (``gs://``) is written locally, then copied with ``tf.io.gfile``.
 
 A run then reads the shards without any pass over the text (``tasks.sources.FileSource``: every file ends in
@@ -31,8 +38,6 @@ import os
 import shutil
 import sys
 import tempfile
-
-import numpy as np
 
 from launch import cli
 
@@ -88,18 +93,19 @@ def shard_path(out: str, name: str, k: int, shards: int) -> str:
 @cli.entry_point
 def main(argv=None) -> list[str]:
     from bilingual.rows import SKIPPED_ROWS, DataError
-    from tasks.records import LineRecords, write_array_records
+    from tasks.records import open_records, resolve_files, write_array_records
     from tasks.row_parser import KINDS, RowParser
 
     parser = cli.parser(__doc__)
-    parser.add_argument("files", nargs="+", help="TSV / JSONL / text files or globs (local or gs://)")
+    parser.add_argument("files", nargs="+", help="TSV / JSONL / text / parquet / Arrow files, globs or datasets "
+                                                 "save_to_disk directories (local or gs://)")
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--shards", type=int, default=1, help="number of ArrayRecord files")
     parser.add_argument("--name", help="file name prefix (default: the kind)")
     parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
     parser.add_argument("--columns", nargs="+", default=[], metavar="FEATURE=COLUMN",
-                        help="feature -> TSV header name or 0-based index, or JSON key")
+                        help="feature -> TSV header name or 0-based index, JSON key or parquet/Arrow column")
     parser.add_argument("--file_format", choices=("tsv", "jsonl", "text"), help="default: from the extension")
     parser.add_argument("--no_header", action="store_true", help="TSV files have no header line")
     parser.add_argument("--num_negatives", type=int, help="retrieval: negatives kept per row (required)")
@@ -121,17 +127,16 @@ def main(argv=None) -> list[str]:
         raise cli.UsageError(f"--out {args.out} already holds {len(existing)} shard(s) {name}-*.array_record; "
                              "give --overwrite to replace them (or another --out / --name)")
 
-    files = expand(args.files)
+    files = resolve_files(expand(args.files))  # a save_to_disk directory: its Arrow files
     skipped_before = {f: SKIPPED_ROWS.get(f, 0) for f in files}
     try:
-        records = LineRecords.scan(files, row_parser, args.on_error)  # the one validating pass
+        records = open_records(files, row_parser, args.on_error, validate=True)  # the one validating pass
     except DataError:
         raise
     except ValueError as err:  # bad --columns for these files (a negatives column not last, ...)
         raise cli.UsageError(str(err)) from None
     per_file = dict.fromkeys(files, 0)
-    counts = np.bincount(records.files, minlength=len(records.readers))
-    per_file.update({reader.path: int(c) for reader, c in zip(records.readers, counts)})
+    per_file.update(records.file_counts())
     for f in files:
         skipped = SKIPPED_ROWS.get(f, 0) - skipped_before[f]
         print(f"{f}: {per_file[f]} rows" + (f", {skipped} malformed row(s) skipped" if skipped else ""))

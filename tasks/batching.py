@@ -92,11 +92,13 @@ _RECORDS: "weakref.WeakKeyDictionary[seqio.Task, dict]" = weakref.WeakKeyDiction
 def records_of(task: seqio.Task, split: str):
     """The records of ``task``'s ``split`` (``len`` and indexing, ``tasks.records``).
 
-    Sources of this project give them directly (``source.records(split)``). Any other seqio source (TFDS,
-    a user's ``seqio.DataSource``) is read once through its tf.data pipeline and the task's preprocessors up
-    to tokenisation, and held in memory (logged); prepare large ones as ArrayRecord instead
-    (``launch.prepare_data``). The task's last preprocessor must be ``tasks.preprocessors.tokenize``, which
-    the batcher applies itself (``tasks.batch_jobs``).
+    Sources of this project give them directly (``source.records(split)``; a TFDS dataset prepared as
+    ArrayRecord too). A source whose ``records`` returns None (a TFDS dataset prepared as tfrecord) and any
+    other seqio source (a user's ``seqio.DataSource``) is read once through its tf.data pipeline and the
+    task's preprocessors up to tokenisation, and held in memory (logged); prepare large ones as ArrayRecord
+    instead (``launch.prepare_data``, ``tfds build --file_format=array_record``). The task's last
+    preprocessor must be ``tasks.preprocessors.tokenize``, which the batcher applies itself
+    (``tasks.batch_jobs``).
     """
     cache = _RECORDS.setdefault(task, {})
     if split in cache:
@@ -104,9 +106,8 @@ def records_of(task: seqio.Task, split: str):
     if not task.preprocessors or task.preprocessors[-1] is not pp.tokenize:
         raise ConfigError(f"task {task.name!r}: its preprocessors must end with tasks.preprocessors.tokenize "
                           f"(register it with tasks.registry), got {task.preprocessors}")
-    if hasattr(task.source, "records"):
-        rows = task.source.records(split)
-    else:
+    rows = task.source.records(split) if hasattr(task.source, "records") else None
+    if rows is None:
         dataset = task.source.get_dataset(split=split, shuffle=False)
         for preprocessor in task.preprocessors[:-1]:
             dataset = preprocessor(dataset)

@@ -16,7 +16,9 @@ tab inside a text) is malformed, not cut short.
 
 A ``RowParser`` reads a whole file (``rows``) or, through the picklable ``LineReader`` of one file, a single
 line that a reader found by its byte offset (``tasks.records``): both apply the same checks
-(``bilingual.rows``), so a row is valid the same way whether it is streamed or read by index. This module
+(``bilingual.rows``), so a row is valid the same way whether it is streamed or read by index. A key -> value
+record (a JSONL line's object, or a row of a parquet / Arrow file, whose columns are named like JSON keys)
+goes through one method, ``RowParser.record``. This module
 imports no TensorFlow, so the input-pipeline worker processes that read rows start fast.
 """
 
@@ -78,17 +80,8 @@ class LineReader:
             cells = tsv_cells(path, line, text, self.width, self.open_ended)
             return {feature: p.negatives(cells[i:], path, line) if feature == "negatives"
                     else p.value(feature, cells[i], path, line) for feature, i in self.columns.items()}
-        record = json_record(path, line, text, required=list(self.columns.values()))
-        out = {}
-        for feature, key in self.columns.items():
-            value = record[key]
-            if feature == "negatives":
-                if not isinstance(value, list):
-                    raise DataError(path, f"{key!r} must be a list of strings", line)
-                out[feature] = p.negatives(value, path, line)
-            else:
-                out[feature] = p.value(feature, value, path, line)
-        return out
+        return p.record(json_record(path, line, text, required=list(self.columns.values())), self.columns, path,
+                        line)
 
 
 class RowParser:
@@ -143,6 +136,31 @@ class RowParser:
             return valid_number(value, path, line, "score", self.score_range)
         return valid_text(value, path, line, feature)
 
+    def record(self, record: Mapping[str, Any], columns: Mapping[str, str], path: str,
+               line: Optional[int]) -> dict[str, Any]:
+        """The features of one key -> value record (a JSONL line's object, a row of a parquet or Arrow file,
+        ``tasks.records.ColumnarRows``) whose keys hold ``columns``' values (the caller checked): each value
+        checked like a TSV cell. ``path`` and ``line`` say where in the error."""
+        out = {}
+        for feature, key in columns.items():
+            value = record[key]
+            if feature == "negatives":
+                if not isinstance(value, list):
+                    raise DataError(path, f"{key!r} must be a list of strings", line)
+                out[feature] = self.negatives(value, path, line)
+            else:
+                out[feature] = self.value(feature, value, path, line)
+        return out
+
+    def record_keys(self) -> dict[str, str]:
+        """Feature -> JSON key / column name (``columns``, else ``DEFAULT_JSON_KEYS``) for key -> value
+        records: JSONL lines and columnar files."""
+        keys = dict(self.columns or DEFAULT_JSON_KEYS[self.kind])
+        missing = set(DEFAULT_JSON_KEYS[self.kind]) - set(keys)
+        if missing:
+            raise ValueError(f"columns lacks {sorted(missing)} for a {self.kind} source")
+        return keys
+
     def negatives(self, values: Sequence[Any], path: str, line: int) -> list[str]:
         negatives = [valid_text(v, path, line, "negatives") for v in values]
         if len(negatives) < self.num_negatives:
@@ -162,7 +180,7 @@ class RowParser:
             return LineReader(self, path, fmt, 2 if self.header else 1, cols, width,
                               open_ended=not self.header and "negatives" in cols)
         if fmt == "jsonl":
-            return LineReader(self, path, fmt, 1, dict(self.columns or DEFAULT_JSON_KEYS[self.kind]))
+            return LineReader(self, path, fmt, 1, self.record_keys())
         return LineReader(self, path, fmt, 1, {"text": "text"})
 
     def rows(self, path: str, on_error: str = "raise") -> Iterator[dict[str, Any]]:

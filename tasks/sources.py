@@ -1,25 +1,31 @@
-"""seqio data sources for local or remote files (TSV, JSONL, plain text, ArrayRecord) with row validation.
+"""seqio data sources for local or remote files (TSV, JSONL, plain text, parquet, Arrow / ``datasets``
+``save_to_disk`` directories, ArrayRecord) and prepared TFDS datasets, with row validation.
 
-Which cells feed which feature, and the formats, are ``tasks.row_parser``; files are found with
-``tf.io.gfile.glob``, so local paths, globs and ``gs://`` all work.
+Which cells or columns feed which feature, and the formats, are ``tasks.row_parser``; files are found with
+``tf.io.gfile.glob``, so local paths, globs and ``gs://`` all work; ``tasks.records.open_records`` picks the
+reader from the files (``FileSource``). ``TfdsSource`` reads a TFDS dataset prepared in a data_dir, by index
+when it was prepared as ArrayRecord.
 
 Every source here is record-addressable: ``records(split)`` (``tasks.records``) gives ``len`` and the row at
-any index, which the trainer's batcher (``tasks.batching``) reads in its worker processes; ``get_dataset``
-serves the same rows as a tf.data pipeline for seqio's own interface (``Task.get_dataset``).
+any index, which the trainer's batcher (``tasks.batching``) reads in its worker processes (the one exception,
+a TFDS dataset prepared as tfrecord, gives None and is read into memory once); ``get_dataset`` serves the
+same rows as a tf.data pipeline for seqio's own interface (``Task.get_dataset``).
 
 Reading and validation are ``bilingual.rows`` (lines, UTF-8, a leading BOM, the ``on_error`` policy): a row
 with too few or too many columns, an empty text, a score that is not a finite number, too few negatives, bad
 JSON or invalid UTF-8 raises ``bilingual.rows.DataError("<file>:<line>: <what>")`` when the files are
-indexed (inside tf.data the error reaches the caller wrapped in a ``tf.errors`` exception whose message holds
-that text; ``unwrap_data_error`` recovers it). With ``on_error="skip"`` such rows are dropped and a warning
-with the count (and the first reason) is logged once per file, and counted in
-``bilingual.rows.SKIPPED_ROWS``. Nothing is dropped silently.
+indexed (a parquet / Arrow row, checked when read: ``"<file> (row <r>): <what>"``; inside tf.data the error
+reaches the caller wrapped in a ``tf.errors`` exception whose message holds that text;
+``unwrap_data_error`` recovers it). With ``on_error="skip"`` such rows are dropped and a warning with the
+count (and the first reason) is logged once per file, and counted in ``bilingual.rows.SKIPPED_ROWS``.
+Nothing is dropped silently.
 
 Sharding (``get_dataset``): host ``index`` of ``num_shards`` keeps every ``num_shards``-th row.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -30,7 +36,10 @@ import tensorflow as tf
 from bilingual.rows import DataError, TsvFile, check_on_error, read_jsonl, valid_number
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 from tasks import records
+from tasks.records import ARRAY_RECORD_SUFFIX, check_record_features  # noqa: F401  (re-exported)
 from tasks.row_parser import DEFAULT_COLUMNS, DEFAULT_JSON_KEYS, KINDS, RowParser  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 def unwrap_data_error(err: tf.errors.OpError) -> DataError | None:
@@ -55,15 +64,6 @@ def output_signature(kind: str) -> dict[str, tf.TensorSpec]:
         return {"a": text, "b": text, "score": tf.TensorSpec([], tf.float32)}
     raise ValueError(f"unknown source kind {kind!r}; expected one of {KINDS}")
 
-
-ARRAY_RECORD_SUFFIX = ".array_record"
-
-
-def check_record_features(rows, kind: str, files: Sequence[str]) -> None:
-    """The first record of ArrayRecord ``files`` holds the features of a ``kind`` source."""
-    expected = set(output_signature(kind))
-    if len(rows) and set(rows[0]) != expected:
-        raise DataError(files[0], f"records hold {sorted(rows[0])}, a {kind} source needs {sorted(expected)}")
 
 
 def records_dataset(rows, kind: str, shuffle: bool, seed: int | None,
@@ -90,11 +90,14 @@ def records_dataset(rows, kind: str, shuffle: bool, seed: int | None,
 
 
 class FileSource(seqio.DataSource):
-    """Rows of TSV/JSONL/text files, validated by a ``RowParser``, or of ``.array_record`` files holding rows
-    validated once when written (``launch.prepare_data``).
+    """Rows of TSV/JSONL/text files, validated by a ``RowParser``; of parquet / Arrow files (or
+    ``datasets.Dataset.save_to_disk`` directories), each row checked by the same parser when read; or of
+    ``.array_record`` files holding rows validated once when written (``launch.prepare_data``). Which, is
+    ``tasks.records.open_records``.
 
     Args:
-      split_to_filepattern: split -> file path, glob or list of them (``tf.io.gfile`` syntax).
+      split_to_filepattern: split -> file path, glob or list of them (``tf.io.gfile`` syntax); a
+        ``save_to_disk`` directory stands for its Arrow files.
       parser: a ``RowParser`` (its ``kind`` sets the output features).
       on_error: ``"raise"`` (default) or ``"skip"`` (drop malformed rows, log the count per file).
     """
@@ -114,31 +117,49 @@ class FileSource(seqio.DataSource):
     def supports_arbitrary_sharding(self) -> bool:
         return True  # rows are sharded by index
 
-    def list_shards(self, split: str) -> list[str]:
+    def _matches(self, split: str) -> list[tuple[str, list[str]]]:
         if split not in self._patterns:
             raise ValueError(f"split {split!r} not in {sorted(self._patterns)}")
-        files = []
+        out = []
         for pattern in self._patterns[split]:
-            matched = sorted(tf.io.gfile.glob(pattern))
+            try:
+                out.append((pattern, sorted(tf.io.gfile.glob(pattern))))
+            except tf.errors.OpError as err:  # e.g. a bucket without access
+                raise DataError(pattern, f"cannot list files: {err.message.splitlines()[0]}") from None
+        return out
+
+    def list_shards(self, split: str) -> list[str]:
+        files = []
+        for pattern, matched in self._matches(split):
             if not matched:
-                raise FileNotFoundError(f"no file matches {pattern!r} (split {split!r})")
+                raise DataError(None, f"no file matches {pattern!r} (split {split!r})")
             files.extend(matched)
         return files
 
+    def check_files(self, key: str, task: str) -> None:
+        """At registration: every split's patterns match files (or ``save_to_disk`` directories) of one kind;
+        else a ``ConfigError`` naming the gin ``key`` (e.g. ``mlm_de/register_text_task.files``), the pattern,
+        the task and the split. Reads no rows (only a ``save_to_disk`` directory's ``state.json``)."""
+        from bilingual.config import ConfigError
+
+        for split in self._patterns:
+            where = f"(task {task!r}, split {split!r})"
+            try:
+                files = []
+                for pattern, matched in self._matches(split):
+                    if not matched:
+                        raise ConfigError(f"{key}: no file matches {pattern!r} {where}")
+                    files.extend(matched)
+                records.check_one_kind(records.resolve_files(files))
+            except (DataError, tf.errors.OpError) as err:
+                raise ConfigError(f"{key}: {err} {where}") from None
+
     def records(self, split: str):
-        """The split's rows by index (``tasks.records``): ``ArrayRecordRows`` when every file ends in
-        ``.array_record`` (rows written by ``launch.prepare_data``), else ``LineRecords`` (one validating
-        pass, once per process)."""
+        """The split's rows by index (``tasks.records.open_records``): ``ArrayRecordRows`` when every file
+        ends in ``.array_record``, ``ColumnarRows`` for parquet / Arrow files, else ``LineRecords`` (one
+        validating pass); opened once per process."""
         if split not in self._records:
-            files = self.list_shards(split)
-            if all(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
-                rows = records.ArrayRecordRows(files, self.parser)
-                check_record_features(rows, self.kind, files)
-            elif any(f.endswith(ARRAY_RECORD_SUFFIX) for f in files):
-                raise DataError(None, f"split {split!r} mixes ArrayRecord and text files: {files}")
-            else:
-                rows = records.LineRecords.scan(files, self.parser, self.on_error)
-            self._records[split] = rows
+            self._records[split] = records.open_records(self.list_shards(split), self.parser, self.on_error)
         return self._records[split]
 
     def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
@@ -151,6 +172,102 @@ class FileSource(seqio.DataSource):
 
     def __repr__(self) -> str:
         return f"FileSource({self.kind}, {self._patterns}, on_error={self.on_error!r})"
+
+
+def task_kind(task_type: str) -> str:
+    """The source kind (``tasks.row_parser.KINDS``) whose rows a task of ``task_type`` reads."""
+    return "text" if task_type == "mlm" else task_type
+
+
+class UnknownTfdsName(ValueError):
+    """TFDS knows no dataset, config or version of this name (registered or in the data_dir)."""
+
+
+class TfdsNotPrepared(ValueError):
+    """The dataset is not prepared in the data_dir (or the data_dir cannot be read)."""
+
+
+def prepared_tfds_builder(tfds_name: str, data_dir: str | None):
+    """``tfds.builder(tfds_name, data_dir=...)`` if TFDS knows the name (a registered builder and config, or
+    a dataset in ``data_dir``) and it is prepared there; else ``UnknownTfdsName`` or ``TfdsNotPrepared``
+    saying which (never downloads)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except (ValueError, AssertionError, ImportError) as err:  # unknown dataset, config or version
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnknownTfdsName(f"unknown TFDS dataset {tfds_name!r} ({first[:300]})") from None
+    try:
+        prepared = builder.is_prepared()
+    except (OSError, tf.errors.OpError) as err:  # e.g. a bucket without access
+        raise TfdsNotPrepared(f"cannot read TFDS data_dir {data_dir!r} ({str(err).strip().splitlines()[0]})") from None
+    if not prepared:
+        raise TfdsNotPrepared(f"TFDS dataset {tfds_name!r} is not prepared in data_dir {data_dir!r} (no "
+                         f"{builder.data_dir}/dataset_info.json); prepare it there first, e.g. `tfds build "
+                         f"{tfds_name} --data_dir=... --file_format=array_record` (nothing is downloaded here)")
+    return builder
+
+
+class TfdsSource(seqio.TfdsDataSource):
+    """A TFDS dataset already prepared in ``tfds_data_dir`` (``read_only``: nothing is downloaded or built),
+    record-addressable when it was prepared as ArrayRecord.
+
+    ``records(split)`` is ``tasks.records.TfdsRecords`` (``tfds.data_source``: random access, numpy decoding;
+    ``feature_map`` renaming and the STS score cast applied in Python, giving the rows the task's tf.data
+    preprocessors give up to tokenisation). A dataset prepared as tfrecord has no random access: ``records``
+    logs a warning and returns None, and the batcher reads the split into memory through tf.data
+    (``tasks.batching.records_of``); re-prepare it with ``--file_format=array_record`` for pod-scale corpora.
+    ``get_dataset`` is seqio's (TFDS ``as_dataset``) for tfrecord, and for ArrayRecord (which ``as_dataset``
+    does not read) the raw TFDS features from the data source, shuffled and sharded by index.
+    """
+
+    def __init__(self, tfds_name: str, tfds_data_dir: str | None = None, splits=None, *,
+                 feature_map: Mapping[str, str], kind: str):
+        super().__init__(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits, read_only=True)
+        self.tfds_name, self.tfds_data_dir = tfds_name, tfds_data_dir
+        self.feature_map, self.kind = dict(feature_map), kind
+        self._split_map = dict(splits) if isinstance(splits, Mapping) else None
+        self._records: dict[str, Any] = {}
+
+    def tfds_split(self, split: str) -> str:
+        return self._split_map[split] if self._split_map else split
+
+    @property
+    def file_format(self) -> str:
+        fmt = self.tfds_dataset.builder.info.file_format
+        return str(getattr(fmt, "value", fmt))
+
+    def records(self, split: str) -> records.TfdsRecords | None:
+        """The split's rows by index when prepared as ArrayRecord; None (after a warning) for tfrecord."""
+        if split not in self._records:
+            if self.file_format == "array_record":
+                self._records[split] = records.TfdsRecords(self.tfds_name, self.tfds_data_dir,
+                                                           self.tfds_split(split), self.feature_map, self.kind)
+            else:
+                log.warning("TFDS dataset %r (data_dir %r) is prepared as %s, which has no random access: split "
+                            "%r is read into memory through tf.data; for pod-scale corpora prepare it again with "
+                            "--file_format=array_record", self.tfds_name, self.tfds_data_dir, self.file_format,
+                            split)
+                self._records[split] = None
+        return self._records[split]
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, *, sequence_length=None, use_cached=False,
+                    num_epochs=1) -> tf.data.Dataset:
+        if self.file_format != "array_record":
+            return super().get_dataset(split, shuffle, seed, shard_info, sequence_length=sequence_length,
+                                       use_cached=use_cached, num_epochs=num_epochs)
+        builder = self.tfds_dataset.builder
+        source = builder.as_data_source(split=self.tfds_split(split))
+        order = np.random.default_rng(seed).permutation(len(source)) if shuffle else np.arange(len(source))
+        if shard_info is not None:
+            order = order[shard_info.index::shard_info.num_shards]
+        return tf.data.Dataset.from_generator(lambda: (source[int(i)] for i in order),
+                                              output_signature=builder.info.features.get_tensor_spec())
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.tfds_name!r}, data_dir={self.tfds_data_dir!r}, {self.feature_map})"
 
 
 class BeirSource(seqio.DataSource):
