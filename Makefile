@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 venv: $(STAMP)
 
 $(STAMP): requirements/lock.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' 2>/dev/null || { echo "error: $(PYTHON) is not a working Python 3.11 or 3.12 (set PYTHON=python3.12 or PYTHON=/path/to/python)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/lock.txt
