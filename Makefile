@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LIBTPU_STAMP := .libtpu/.installed
 TEST_WORKERS ?= 2
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean libtpu
 
 venv: $(STAMP)
 
@@ -21,11 +22,19 @@ $(STAMP): requirements/lock.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m launch.demo --fresh
 
-test: $(STAMP)
+test: $(STAMP) $(LIBTPU_STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/suite.py --json bench.json
 
+# libtpu for ahead-of-time compiles for a TPU slice (python -m launch.compile_for), kept out of .venv
+# (requirements/libtpu.txt says why); launch.compile_for and its tests find it in .libtpu/ (make test installs it).
+libtpu: $(LIBTPU_STAMP)
+
+$(LIBTPU_STAMP): requirements/libtpu.txt $(STAMP)
+	$(PY) -m pip install -q --no-deps --upgrade --target .libtpu -r requirements/libtpu.txt
+	touch $(LIBTPU_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .libtpu .pytest_cache

@@ -218,10 +218,13 @@ def load(path: str | os.PathLike) -> Tokenizer:
         import tensorflow as tf
 
         file = path if path.endswith(".json") else f"{path.rstrip('/')}/tokenizer.json"
-        if not tf.io.gfile.exists(file):
-            raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
-        with tf.io.gfile.GFile(file, "r") as f:
-            tok = Tokenizer.from_str(f.read())
+        try:
+            if not tf.io.gfile.exists(file):
+                raise TokenizerError(f"{file}: no tokenizer.json (train one with `python -m launch.train_tokenizer`)")
+            with tf.io.gfile.GFile(file, "r") as f:
+                tok = Tokenizer.from_str(f.read())
+        except tf.errors.OpError as err:  # an unreachable or forbidden bucket: say which file, in one line
+            raise TokenizerError(f"{file}: cannot be read ({err.message.splitlines()[0]})") from None
     else:
         p = pathlib.Path(path)
         file = p / "tokenizer.json" if p.is_dir() else p

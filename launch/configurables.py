@@ -6,6 +6,7 @@ Names usable in gin files:
   data.name / data.split / data.options                           the batch iterator (tasks.batching)
   run.workdir_suffix, run.eval_suite, ...                         launch-level settings
   FinetuneConfig, TaskSpec, head.*, finetune_task.*              the ``finetune`` stage (TrainConfig.stage)
+  topology.name                                                   the run's TPU slice (launch.compile_for)
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def evaluation_settings(suite: Optional[str] = None, data_root: Optional[str] = 
     """Optional evaluation suite run by the trainer's hook every ``TrainConfig.eval_every`` steps
     (``data_root`` None: the bundled demo eval data; ``limit``: rows per task, for quick checks)."""
     return {"suite": suite, "data_root": data_root, "tokenizer_dir": tokenizer_dir, "limit": limit}
+
+
+@gin.configurable("topology")
+def topology_settings(name: Optional[str] = None) -> Optional[str]:
+    """The TPU slice the run file is sized for (``launch.topology.TOPOLOGIES``: ``'v4-64'``, ``'v5e-64'``...);
+    ``launch.compile_for`` compiles the run's step for it ahead of time. None: the run names no slice."""
+    return name
 
 
 @gin.configurable("head")

@@ -2,7 +2,7 @@
 # Train on a SLURM GPU cluster: one task per node, all GPUs of a node in that task.
 #
 #   sbatch --nodes=2 launch/slurm_gpu.sh WORKDIR GIN_FILE [extra launch.train flags...]
-#   e.g. sbatch --nodes=1 launch/slurm_gpu.sh /shared/runs/de-multitask gin/runs/de_en_8gpu.gin
+#   e.g. sbatch --nodes=1 launch/slurm_gpu.sh /shared/runs/de-en/pairs gin/runs/de_en_8gpu_pairs.gin
 #
 # Submit from the repository's root on a shared filesystem. Before `srun`, the batch script builds .venv
 # there once (launch/install_env.sh: a Python >= 3.11 through uv, requirements/runtime.txt, jax[cuda12] at

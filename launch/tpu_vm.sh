@@ -3,7 +3,7 @@
 # run the same launch.train command on all workers, logs and checkpoints in a GCS bucket.
 #
 #   launch/tpu_vm.sh NAME ZONE ACCELERATOR GCS_WORKDIR GIN_FILE [extra launch.train flags...]
-#   e.g. launch/tpu_vm.sh bilingual-v4 us-central2-b v4-64 gs://my-bucket/runs/de-mlm gin/runs/de_en_tpu_v4_64.gin
+#   e.g. launch/tpu_vm.sh bilingual-v4 us-central2-b v4-64 gs://my-bucket/runs/de-en/mlm gin/runs/de_en_tpu_v4_64_mlm.gin
 #
 # Needs: gcloud, a project with TPU quota, a bucket, and REF (default: this checkout's HEAD) pushed to
 # REPO_URL (default: remote.origin.url): the workers clone REPO_URL and check out REF.

@@ -24,6 +24,8 @@ import gin
 from bilingual import tokenizer as bpe
 from launch import cli
 
+GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+
 
 @gin.configurable
 def train_tokenizer(out: str, corpora: dict = gin.REQUIRED, vocab_size: int = bpe.DEFAULT_VOCAB_SIZE,
@@ -55,6 +57,7 @@ def main(argv=None) -> pathlib.Path | str:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with gin.unlock_config():  # main() may run more than once in a process (tests)
         gin.clear_config()
+        gin.add_config_file_search_path(str(GIN_DIR))  # includes such as 'tokenizer/de_en.gin', as launch.train
         cli.parse_gin(args.gin_file, args.gin_bindings)
     logging.info("gin config:\n%s", gin.config_str())
     remote = "://" in args.out

@@ -1,6 +1,7 @@
 """Every gin file parses and binds; run files build a complete TrainConfig."""
 
 import pathlib
+import re
 
 import gin
 import pytest
@@ -22,10 +23,16 @@ def clean_gin():
 
 
 def demo_bindings(run) -> list[str]:
-    """Runs on the bundled demo data name the demo's tokenizer: bind the test tokenizer in its place."""
+    """Runs on the bundled demo data name the demo's tokenizer, full-scale runs the ``TOKENIZER`` of their
+    paths file (gs://): bind the test tokenizer in its place."""
     from tokenizer_fixture import tokenizer_dir
 
-    return [f"DEMO_TOKENIZER = '{tokenizer_dir()}'"] if "datasets/demo.gin" in run.read_text() else []
+    text = run.read_text()
+    if "datasets/demo.gin" in text:
+        return [f"DEMO_TOKENIZER = '{tokenizer_dir()}'"]
+    if re.search(r"include 'datasets/\w+_en_(mlm|pairs|multitask)\.gin'", text):
+        return [f"TOKENIZER = '{tokenizer_dir()}'"]
+    return []
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[p.stem for p in RUNS])
@@ -46,14 +53,17 @@ def test_every_gin_file_parses(path):
 
 
 def test_full_scale_runs_have_the_paper_shapes():
-    configurables.parse([str(GIN / "runs" / "de_en_tpu_v4_64.gin")], [])  # no tokenizer yet: the preset's vocabulary
-    config, _, _ = configurables.build()
-    assert (config.model.vocab_size, config.model.num_layers, config.model.hidden_size) == (61056, 12, 768)
-    assert config.model.compute_dtype == "bfloat16" and config.stage == "mlm"
-    gin.clear_config()
-    configurables.parse([str(GIN / "runs" / "es_en_tpu_v5e_64.gin")], [])
+    # TrainConfig.tokenizer unbound: the preset's vocabulary (the paths file names a gs:// tokenizer)
+    configurables.parse([str(GIN / "runs" / "de_en_tpu_v4_64_mlm.gin")], ["TrainConfig.tokenizer = None"])
     config, data, _ = configurables.build()
-    assert config.model.qk_layernorm and config.step.gradcache_chunks == 8 and data["name"] == "pairs_mix_es"
+    assert (config.model.vocab_size, config.model.num_layers, config.model.hidden_size) == (61056, 12, 768)
+    assert config.model.compute_dtype == "bfloat16" and config.stage == "mlm" and data["name"] == "mlm_de_en_full"
+    assert data["options"] == {"sequence_lengths": {"text": 512}, "mlm_rate": 0.3}  # TRAINING.md stage 1
+    gin.clear_config()
+    configurables.parse([str(GIN / "runs" / "es_en_tpu_v5e_64_pairs.gin")], ["TrainConfig.tokenizer = None"])
+    config, data, _ = configurables.build()
+    assert config.model.qk_layernorm and config.step.gradcache_chunks == 8 and data["name"] == "pairs_es_en_full"
+    assert config.init_from == "gs://YOUR_BUCKET/bilingual/es-en/mlm/checkpoints"  # the chain's previous stage
 
 
 def test_demo_runs_name_registered_demo_data(tmp_path):

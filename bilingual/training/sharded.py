@@ -47,18 +47,20 @@ def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
     ``encoder_params`` (e.g. from the previous stage or an imported checkpoint) go into the initial
     parameters through ``merge(fresh_params, encoder_params)`` (traced inside the sharded init, so they land
     straight in their shards; ``objectives.replace_encoder`` for the stages, a head merge for fine-tuning).
-    The optimiser state always starts fresh.
+    The optimiser state always starts fresh. ``encoder_params`` are an argument of the jitted init, not
+    constants it closes over: restored on several processes they are global arrays, which jit can only take
+    as arguments.
     """
     shardings = state_shardings(model, tx, mesh, example_ids, rules)
 
-    def init(key):
+    def init(key, encoder_params):
         params = nn.meta.unbox(model.init(key, example_ids)["params"])
         if encoder_params is not None:
             params = merge(params, encoder_params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     with sharding.sharding_context(mesh, rules):
-        state = jax.jit(init, out_shardings=shardings)(rng)
+        state = jax.jit(init, out_shardings=shardings)(rng, encoder_params)
     return state, shardings
 
 
@@ -86,7 +88,8 @@ def compile_step(step_fn: Callable, mesh: Mesh, shardings, example_state, exampl
                  rules=sharding.LOGICAL_RULES):
     """AOT-compile ``step_fn(state, batch, rng)`` with explicit shardings and the state donated.
 
-    ``example_batch`` may hold arrays or ``jax.ShapeDtypeStruct`` with *global* shapes.
+    ``example_batch`` and ``example_state`` may hold arrays or ``jax.ShapeDtypeStruct`` (the batch with *global*
+    shapes); nothing is placed on the mesh, so its devices may be compile-only ones (``launch.compile_for``).
     Returns ``(compiled, memory_analysis)``.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -96,8 +99,9 @@ def compile_step(step_fn: Callable, mesh: Mesh, shardings, example_state, exampl
     batch_shapes = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
                     for k, v in example_batch.items()}
     state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_state)
+    rng_shape = jax.eval_shape(lambda: jax.random.key(0))  # abstract: the mesh's devices may be compile-only
     with sharding.sharding_context(mesh, rules):
-        compiled = jitted.lower(state_shapes, batch_shapes, jax.random.key(0)).compile()
+        compiled = jitted.lower(state_shapes, batch_shapes, rng_shape).compile()
     return compiled, compiled.memory_analysis()
 
 

@@ -163,16 +163,11 @@ def _train(config: TrainConfig, workdir, mesh, batches: BatchIterator, hooks: Se
            checkpoint_meta: Optional[Callable[[StepEvent], dict]], stop_after: Optional[int]) -> TrainResult:
     """``train`` in a locked workdir; from the checkpointer's creation on, the hooks (and with them the
     checkpointer) are closed however it ends."""
-    objective = objective or objectives.for_stage(config.stage, config.model, config.step)
-    tx = make_optimizer(config.optimizer)
-    example_ids = jnp.zeros((1, 8), jnp.int32)
-    shardings = sharded.state_shardings(objective.model, tx, mesh, example_ids)
+    objective, tx, example_ids, shardings, step_fns = build_steps(config, mesh, objective)
     if operative_config and jax.process_index() == 0:
         (workdir / "operative_config.gin").write_text(operative_config)
     meta = {"encoder_config": config.model.to_dict(), "stage": config.stage, "model": objective.model_kind,
             **objective.meta}
-    groups = sharding.batch_divisor(mesh)
-    step_fns = {t: objective.make_step(t, tx, groups) for t in objective.task_types}
     compiled: dict[tuple, Any] = {}
     peak = config.peak_flops_per_device or flops.device_peak_flops(jax.devices()[0]) or flops.measure_matmul_peak()
     metrics_log = MetricsLog(workdir / "tensorboard", total_steps=config.num_steps,
@@ -231,6 +226,19 @@ def _train(config: TrainConfig, workdir, mesh, batches: BatchIterator, hooks: Se
     return TrainResult(state=state, history=metrics_log.history, workdir=workdir)
 
 
+def build_steps(config: TrainConfig, mesh, objective: Optional[objectives.Objective] = None):
+    """What the loop compiles, built once per run (and ahead of time by ``launch.compile_for``):
+    ``(objective, tx, example_ids, state_shardings, step_fns)``, ``step_fns`` one uncompiled step per task
+    type of the stage (``sharded.compile_step`` compiles one for a batch shape)."""
+    objective = objective or objectives.for_stage(config.stage, config.model, config.step)
+    tx = make_optimizer(config.optimizer)
+    example_ids = jnp.zeros((1, 8), jnp.int32)
+    shardings = sharded.state_shardings(objective.model, tx, mesh, example_ids)
+    groups = sharding.batch_divisor(mesh)
+    step_fns = {t: objective.make_step(t, tx, groups) for t in objective.task_types}
+    return objective, tx, example_ids, shardings, step_fns
+
+
 def _initial_state(config: TrainConfig, objective, tx, mesh, example_ids, shardings, checkpointer, meta: dict,
                    batches: BatchIterator) -> steps.TrainState:
     """Resume this run (after checking the checkpoints hold its model), else start from the previous stage
@@ -240,6 +248,8 @@ def _initial_state(config: TrainConfig, objective, tx, mesh, example_ids, shardi
         encoder_params = None
         if config.init_from:
             encoder_params = artifacts.load_matching_encoder(config.init_from, config.model, "TrainConfig.init_from")
+            if jax.process_index() == 0:
+                print(f"[{config.stage}] encoder initialised from {config.init_from}", flush=True)
         state, _ = sharded.init_state(objective.model, tx, mesh, jax.random.key(config.seed), example_ids,
                                       encoder_params, merge=objective.merge_encoder)
         return state
