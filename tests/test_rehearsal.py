@@ -170,9 +170,11 @@ def test_unregistered_data_and_missing_paths_fail_before_compiling(data, tmp_pat
     base = [f"--gin_file={run}", f"--workdir={tmp_path / 'w'}",
             *[f"--gin_bindings={b}" for b in bindings_for(run, macros, 8, TOKENIZER=tokenizer)]]
     gin.clear_config()
-    assert train.main(base + ["--gin_bindings=data.name = 'mlm_de_en'"]) == 2
+    # a name no data file registers (the old run files named the demo's 'mlm_de_en', which other tests of
+    # this process may have registered)
+    assert train.main(base + ["--gin_bindings=data.name = 'mlm_de_en_nowhere'"]) == 2
     err = capsys.readouterr().err
-    assert "data.name='mlm_de_en' is not a registered task or mixture" in err and "compiled" not in err
+    assert "data.name='mlm_de_en_nowhere' is not a registered task or mixture" in err and "compiled" not in err
     gin.clear_config()
     missing = str(tmp_path / "nowhere" / "*.array_record")
     assert train.main(base + [f"--gin_bindings=CULTURAX_DE = [{missing!r}]"]) == 2

@@ -49,7 +49,8 @@ def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
     straight in their shards; ``objectives.replace_encoder`` for the stages, a head merge for fine-tuning).
     The optimiser state always starts fresh. ``encoder_params`` are an argument of the jitted init, not
     constants it closes over: restored on several processes they are global arrays, which jit can only take
-    as arguments.
+    as arguments; arrays this process holds whole are passed as host copies, so the devices they were
+    restored to do not matter.
     """
     shardings = state_shardings(model, tx, mesh, example_ids, rules)
 
@@ -59,6 +60,9 @@ def init_state(model: nn.Module, tx, mesh: Mesh, rng: jax.Array, example_ids,
             params = merge(params, encoder_params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
+    if encoder_params is not None:  # host copies where this process holds them whole (any devices they sit on)
+        encoder_params = jax.tree.map(lambda x: np.asarray(x) if getattr(x, "is_fully_addressable", True) else x,
+                                      encoder_params)
     with sharding.sharding_context(mesh, rules):
         state = jax.jit(init, out_shardings=shardings)(rng, encoder_params)
     return state, shardings
