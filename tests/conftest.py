@@ -15,3 +15,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def clean_gin():
+    """An empty gin config with ``gin/`` on the search path, cleared after the test (``gin_helpers``)."""
+    from gin_helpers import clean_config
+
+    with clean_config():
+        yield

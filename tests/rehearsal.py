@@ -164,24 +164,15 @@ def train_tokenizer(pair: str, macros: dict, out: pathlib.Path) -> str:
 
 def run_overrides(run_file: pathlib.Path, devices: int) -> list[str]:
     """The model, steps and batch overrides of a rehearsal of ``run_file`` on ``devices`` devices."""
-    import gin
-
     from bilingual.config import PRESETS
-    from launch import configurables, data_factory  # noqa: F401  (data_factory registers the data configurables)
+    from gin_helpers import bound_values
 
-    gin.clear_config()
-    gin.add_config_file_search_path(str(GIN))
-    try:
-        configurables.parse([str(run_file)], [])
-        preset = gin.query_parameter("encoder.preset")
-        chunks = configurables._bound("StepConfig.gradcache_chunks") or 1
-    finally:
-        gin.clear_config()
+    preset, chunks = bound_values(run_file, "encoder.preset", "StepConfig.gradcache_chunks")
     arch = {k: PRESETS[preset][k] for k in ("qk_layernorm", "layer_layout") if k in PRESETS[preset]}
     return ["encoder.preset = 'tiny'", "encoder.compute_dtype = 'float32'",
             *[f"encoder.{k} = {v!r}" for k, v in arch.items()],
             f"TrainConfig.num_steps = {STEPS}", "OptimizerConfig.warmup_steps = 1",
-            f"TrainConfig.batch_size = {devices * chunks}"]
+            f"TrainConfig.batch_size = {devices * (chunks or 1)}"]
 
 
 def bindings_for(run_file: pathlib.Path, macros: dict, devices: int = 8, **extra) -> list[str]:

@@ -31,12 +31,7 @@ needs_libtpu = pytest.mark.skipif(compile_for.find_libtpu() is None,
                                   reason="libtpu is not installed (make libtpu)")
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    gin.add_config_file_search_path(str(GIN))
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")  # tests/conftest.py
 
 
 def tiny_config(bindings=()):

@@ -192,13 +192,6 @@ def test_configuration_errors_are_early(tmp_path):
 # ------------------------------------------------------------------------------- gin and commands
 
 
-@pytest.fixture
-def clean_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
-
-
 @pytest.mark.parametrize("run", sorted((ROOT / "gin" / "runs").glob("finetune_*.gin")), ids=lambda p: p.stem)
 def test_finetune_run_files_build_a_finetune_config(run, clean_gin):
     from launch import configurables

@@ -14,12 +14,7 @@ GIN = pathlib.Path(__file__).resolve().parent.parent / "gin"
 RUNS = sorted(p for p in (GIN / "runs").glob("*.gin") if not p.stem.startswith("finetune_"))
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-    gin.clear_config()
-    gin.add_config_file_search_path(str(GIN))
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")  # tests/conftest.py
 
 
 def demo_bindings(run) -> list[str]:

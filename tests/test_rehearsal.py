@@ -23,6 +23,7 @@ import sys
 import gin
 import pytest
 
+from gin_helpers import bound_values
 from rehearsal import GIN, ROOT, STEPS, bindings_for, data_macros, train_tokenizer
 
 WORKER = pathlib.Path(__file__).resolve().parent / "rehearsal_worker.py"
@@ -47,15 +48,7 @@ def full_scale_runs() -> set[str]:
 
 def data_name(stem: str) -> str:
     """``data.name`` as the run file binds it."""
-    from launch import configurables, data_factory  # noqa: F401  (data_factory registers the data configurables)
-
-    gin.clear_config()
-    gin.add_config_file_search_path(str(GIN))
-    try:
-        configurables.parse([str(GIN / "runs" / f"{stem}.gin")], [])
-        return gin.query_parameter("data.name")
-    finally:
-        gin.clear_config()
+    return bound_values(GIN / "runs" / f"{stem}.gin", "data.name")[0]
 
 
 def free_port() -> int:
