@@ -71,9 +71,9 @@ def prepare_libtpu(topo: topology_lib.Topology) -> str:
     """Point JAX at libtpu and quiet its start-up on a machine that is no TPU VM; returns the library path.
 
     libtpu reads these once, when JAX first loads it: ``TPU_SKIP_MDS_QUERY`` (no GCE metadata server here),
-    ``TPU_ACCELERATOR_TYPE`` / ``TPU_WORKER_HOSTNAMES``, which it otherwise looks up and, failing, logs five
-    lines of warnings for (harmless: the compile-only topology does not use them), and
-    ``ALLOW_MULTIPLE_LIBTPU_LOAD``.
+    ``TPU_ACCELERATOR_TYPE`` / ``TPU_WORKER_HOSTNAMES`` / ``TPU_WORKER_ID``, which it otherwise looks up and,
+    failing, logs five lines of warnings for (harmless: the compile-only topology does not use them) and, for
+    the worker id, writes a warning sentence into the process environment, and ``ALLOW_MULTIPLE_LIBTPU_LOAD``.
     """
     path = find_libtpu()
     if path is None:
@@ -83,6 +83,7 @@ def prepare_libtpu(topo: topology_lib.Topology) -> str:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", topo.name)
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_WORKER_ID", "0")
     # libtpu takes /tmp/libtpu_lockfile so that one process owns the chips; nothing here opens a chip, and
     # without this a second compile (another terminal, the tests' subprocess) stops with "ABORTED: Internal
     # error when accessing libtpu multi-process lockfile"

@@ -34,6 +34,24 @@ needs_libtpu = pytest.mark.skipif(compile_for.find_libtpu() is None,
 pytestmark = pytest.mark.usefixtures("clean_gin")  # tests/conftest.py
 
 
+@pytest.fixture(autouse=True)
+def restored_environ():
+    """``prepare_libtpu`` sets a slice's ``TPU_*`` variables for libtpu. Later tests in this pytest process
+    start multi-process runs whose ``launch.train`` would read those as a TPU slice, so they go after each
+    test (libtpu, once loaded, has read them already)."""
+    before = dict(os.environ)
+    yield
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    os.environ.update(before)
+
+
+def child_environ(name: str):
+    """``name`` as a process started from here sees it: the C environment, which libtpu may have written."""
+    return subprocess.run([sys.executable, "-c", f"import os; print(os.environ.get({name!r}))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
 def tiny_config(bindings=()):
     """The CPU smoke run (tiny preset, MLM, batch 8 x 128 tokens) as the trainer would get it."""
     configurables.parse([str(GIN / "runs" / "cpu_smoke.gin")], ["DEMO_TOKENIZER = '/nonexistent'", *bindings])
@@ -137,6 +155,8 @@ def test_tiny_mlm_step_compiles_for_a_v4_slice_with_the_analytic_flops():
     # so nothing is counted twice. Below 1.0 a matmul would be missing, above 1.3 something counted twice.
     assert 1.0 < report.flops_per_step / report.analytic_flops < 1.3
     assert report.flops_per_step == report.flops_per_device * 4
+    # libtpu found its worker id, so it wrote no warning sentence there for child processes to read
+    assert child_environ("TPU_WORKER_ID") == "0"
 
 
 @needs_libtpu

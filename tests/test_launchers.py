@@ -189,6 +189,15 @@ def test_detected_cluster_needs_a_whole_environment():
     assert detected_cluster({}) is None
 
 
+def test_a_worker_id_that_is_no_number_is_named():
+    from bilingual.training.distributed import tpu_env_params
+
+    # what libtpu writes into TPU_WORKER_ID when it cannot tell the worker (seen in CI after an AOT compile)
+    garbage = "WARNING: could not determine TPU worker number, please set env var `TPU_WORKER_ID` manually"
+    with pytest.raises(ValueError, match=r"TPU_WORKER_ID='WARNING.*is no worker number"):
+        tpu_env_params({"TPU_WORKER_ID": garbage, "TPU_WORKER_HOSTNAMES": "a,b"})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The launchers, run end to end
 # ---------------------------------------------------------------------------------------------------------

@@ -72,7 +72,11 @@ def tpu_env_params(environ: Mapping[str, str] = os.environ) -> tuple[str, int, i
     slice_id = int(environ.get("MEGASCALE_SLICE_ID") or 0)
     host = (environ.get("MEGASCALE_COORDINATOR_ADDRESS") or hosts[0]).split(":")[0]
     port = environ.get("JAX_COORDINATOR_PORT") or TPU_COORDINATOR_PORT
-    return f"{host}:{port}", len(hosts) * slices, int(environ["TPU_WORKER_ID"]) + slice_id * len(hosts)
+    worker = environ["TPU_WORKER_ID"]
+    if not worker.strip().isdigit():  # libtpu writes a warning sentence here when it cannot tell the worker
+        raise ValueError(f"TPU_WORKER_ID={worker!r} is no worker number: set it to this host's index in "
+                         "TPU_WORKER_HOSTNAMES, or unset TPU_WORKER_ID and TPU_WORKER_HOSTNAMES for one process")
+    return f"{host}:{port}", len(hosts) * slices, int(worker) + slice_id * len(hosts)
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -80,7 +84,12 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     """Initialise multi-process JAX if asked for or if a cluster launcher is detected.
 
     ``cpu_collectives`` selects the CPU collective implementation (needed for multi-process CPU runs).
+    Already initialised (a caller set up ``jax.distributed`` itself): nothing is done, whatever the arguments.
     """
+    if jax.distributed.is_initialized():
+        log.info("jax.distributed already initialised: process %d of %d", jax.process_index(),
+                 jax.process_count())
+        return
     explicit = [coordinator_address, num_processes, process_id]
     cluster = None
     if any(v is not None for v in explicit):
