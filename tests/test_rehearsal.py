@@ -151,6 +151,10 @@ def test_chain_trains_every_stage_on_two_processes(chains, chain):
             state = json.loads((final / "data" / name).read_text())
             assert (state["shard_index"], state["num_shards"], state["step"]) == (i, PROCESSES, STEPS), (stem, state)
             assert state["name"] == data_name(stem) and state["tasks"], (stem, state)
+            if stage == "multitask":  # tasks named <type>_<lang> (gin/datasets/<pair>_multitask.gin)
+                drawn = {name.split("_")[0] for name in state["tasks"]}
+                assert drawn == {"retrieval", "sts"}, (f"{stem}: {STEPS} steps drew only {sorted(drawn)}; "
+                                                       "raise rehearsal.STEPS", state["tasks"])
 
 
 def test_unregistered_data_and_missing_paths_fail_before_compiling(data, tmp_path, capsys):
