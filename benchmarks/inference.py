@@ -2,8 +2,9 @@
 
 One run, same machine, same random `base-de` weights (exported once to a temporary Hugging Face directory):
 
-* 2,000 bundled sentences (`data/demo/eval/`, de/en/es) embedded by `bilingual.Encoder` (length-sorted,
-  bucketed) and by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads: tokens/s and
+* 2,000 bundled sentences (`data/demo/eval/`, de/en/es) embedded by `bilingual.Encoder` (packed: whole
+  texts, longest first, in rows of 256 tokens and two block shapes, `bilingual.packing`; texts above a row
+  padded in length buckets) and by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads: tokens/s and
   the ratio;
 * one 8192-token document through each: wall time (compiled / warm) and peak RSS.
 

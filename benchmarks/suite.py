@@ -17,7 +17,11 @@ Rows (each measured in a fresh subprocess, so peak memory is that measurement's 
 * GradCache: the compiled pair step's memory at 256 and at 4096 pairs (same chunk size), and the plain step
   at 256 pairs;
 * input pipeline (CPU; needs tensorflow/seqio): MLM packing+masking and pair batches, tokens/s, against the
-  train steps they have to feed (the `tiny` step, the hardest to keep fed, and the `base-de` step above).
+  train steps they have to feed (the `tiny` step, the hardest to keep fed, and the `base-de` step above);
+* packing (needs tensorflow/seqio): the pair step on real batches of the bundled de-en and de pairs
+  (`pairs_mix_de`), real texts per second, packed (`bilingual.packing`, rows of 512, the budget of
+  `gin/stages/pairs.gin`) vs padded to 512 vs padded to each batch's longest text (every shape compiled
+  before timing).
 
 Figures vary run to run on a shared machine: compare ratios within one run, not across runs.
 """
@@ -38,7 +42,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-SECTIONS = ("inference", "train", "gradcache", "pipeline")
+SECTIONS = ("inference", "train", "gradcache", "pipeline", "packing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Profile:
     gradcache_chunk: int = 32
     pipeline_mlm_batches: int = 30
     pipeline_pair_batches: int = 200
+    pack_batch: int = 16
+    pack_batches: int = 2
+    pack_budget: int = 64
 
 
 PROFILES = {
@@ -104,6 +111,68 @@ def _child_pipeline(p: Profile) -> dict:
                                          p.pipeline_pair_batches)
     tiny = input_pipeline.time_model("tiny", 32, 512, bpe.load(tok_dir).get_vocab_size(), 2)
     return {"mlm": mlm, "pairs": pairs, "tiny_mlm_step_tokens_per_s": tiny}
+
+
+def _child_packing(p: Profile) -> dict:
+    """Pair steps on real batches: packed vs padded to 512 vs padded to each batch's longest text."""
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import numpy as np
+    import train_step
+
+    from bilingual import get_config, sharding
+    from bilingual import tokenizer as bpe
+    from bilingual.training import sharded, steps
+    from tasks import batching, demo
+
+    if p.compute_dtype == "float32":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    tok_dir = tempfile.mkdtemp(prefix="bench-tok-")
+    bpe.train_and_save({"de": [str(demo.DEMO_TRAIN_DIR / "mlm/de.txt")],
+                        "en": [str(demo.DEMO_TRAIN_DIR / "mlm/en.txt")]}, tok_dir, vocab_size=8192,
+                       show_progress=False)
+    demo.register_demo_tasks(tok_dir)
+    lengths = {"query": 512, "passage": 512}
+    packing = {"tokens_per_text": {"query": p.pack_budget, "passage": p.pack_budget}, "units": 1}
+
+    def batches(**options):
+        with batching.make_batch_iterator("pairs_mix_de", batch_size=p.pack_batch, sequence_lengths=lengths,
+                                          prefetch=0, **options) as it:
+            return [{k: v for k, v in next(it).items() if k not in ("task", "task_type")}
+                    for _ in range(p.pack_batches)]
+
+    padded = batches()
+    packed = batches(packing=packing)
+    longest = []
+    for b in padded:  # the same texts, each batch cut to its own longest text
+        n = int(max(b["query_mask"].sum(1).max(), b["passage_mask"].sum(1).max()))
+        longest.append({k: v[:, :n] for k, v in b.items()})
+    real_tokens = sum(int(b["query_mask"].sum() + b["passage_mask"].sum()) for b in padded)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
+    config = get_config(p.preset, hidden_dropout=0.0, compute_dtype=p.compute_dtype, attention_impl=p.attention_impl)
+    model, tx, example, shardings, fn = train_step.setup("pairs", config, steps.StepConfig(dropout=False), mesh)
+    out = {"batch": p.pack_batch, "batches": p.pack_batches, "real_tokens": real_tokens,
+           "block_rows": int(packed[0]["query_ids"].shape[1]), "longest": [int(b["query_ids"].shape[1]) for b in longest]}
+    for name, run in (("packed", packed), ("padded_512", padded), ("padded_longest", longest)):
+        state, _ = sharded.init_state(model, tx, mesh, jax.random.key(0), example)
+        compiled = {}
+        for b in run:  # compile every shape first: the timing is of warm steps
+            key = tuple(sorted((k, v.shape) for k, v in b.items()))
+            if key not in compiled:
+                compiled[key] = sharded.compile_step(fn, mesh, shardings, state, b)[0]
+        seconds = 0.0
+        for i, b in enumerate(run):
+            step = compiled[tuple(sorted((k, v.shape) for k, v in b.items()))]
+            device_batch = sharded.put_batch(mesh, b)
+            start = time.perf_counter()
+            state, metrics = step(state, device_batch, jax.random.key(i))
+            jax.block_until_ready(metrics)
+            seconds += time.perf_counter() - start
+        out[name] = {"seconds": seconds, "texts_per_s": 2 * p.pack_batch * p.pack_batches / seconds,
+                     "shapes": len(compiled), "tokens_computed": int(sum(b["query_ids"].size + b["passage_ids"].size
+                                                                           for b in run))}
+    return out
 
 
 def _run_child(args: list[str], timeout: float | None = None) -> dict:
@@ -218,6 +287,17 @@ def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
         rows.append((f"plain pair step memory, {gc['small']} pairs (no GradCache)", f"{_gb(gc['plain_small_bytes'])} GB",
                      f"GradCache {_gb(gc['gradcache_small_bytes'])} GB",
                      f"{gc['plain_small_bytes'] / gc['gradcache_small_bytes']:.1f}x"))
+    pk = results.get("packing")
+    if pk:
+        for base in ("padded_512", "padded_longest"):
+            goal = "goal >= 5x" if base == "padded_512" else "goal >= 1.5x"
+            rows.append((f"{p.preset} pair step, real de-en/de pairs, {pk['batch']} pairs x {pk['batches']} "
+                         f"batches, texts/s: packed vs {base.replace('_', ' ')}",
+                         f"{pk['packed']['texts_per_s']:.1f}", f"{pk[base]['texts_per_s']:.1f}",
+                         f"{pk['packed']['texts_per_s'] / pk[base]['texts_per_s']:.2f}x ({goal})"))
+        rows.append(("  tokens computed per run (real tokens " + str(pk["real_tokens"]) + ")",
+                     f"packed {pk['packed']['tokens_computed']}", f"512: {pk['padded_512']['tokens_computed']}",
+                     f"longest: {pk['padded_longest']['tokens_computed']}"))
     pl = results.get("pipeline")
     if pl:
         tiny = pl["tiny_mlm_step_tokens_per_s"]
@@ -267,7 +347,7 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one profile field, e.g. --set mlm_batch=8 (fields: "
                              + ", ".join(f.name for f in dataclasses.fields(Profile)) + ")")
-    parser.add_argument("--child", choices=["train", "gradcache", "pipeline"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["train", "gradcache", "pipeline", "packing"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
     if args.preset:
@@ -275,7 +355,8 @@ def main(argv=None) -> None:
     profile = apply_overrides(profile, args.set, parser.error)
 
     if args.child:
-        result = {"train": _child_train, "gradcache": _child_gradcache, "pipeline": _child_pipeline}[args.child](
+        result = {"train": _child_train, "gradcache": _child_gradcache, "pipeline": _child_pipeline,
+                  "packing": _child_packing}[args.child](
             profile)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(json.dumps(result))
@@ -299,7 +380,7 @@ def main(argv=None) -> None:
     for name in sections:
         start = time.perf_counter()
         log(f"[bench] {name} ...")
-        if name == "pipeline" and not _has("seqio"):
+        if name in ("pipeline", "packing") and not _has("seqio"):
             results["skipped"][name] = "seqio/tensorflow not installed here (the CPU run measures it)"
             continue
         try:

@@ -254,6 +254,20 @@ def mean_pool(hidden, mask):
     return summed / jnp.maximum(mask.sum(axis=1), 1e-9)
 
 
+def segment_mean_pool(hidden, segment_ids, num_texts: int):
+    """Masked mean per segment of one packed block: ``[R, L, H], [R, L] -> [num_texts, H]`` (float32).
+
+    Text ``t`` is the tokens with segment id ``t + 1`` anywhere in the block (0 = padding, never pooled);
+    ``sum(h) / max(count, 1e-9)`` as ``mean_pool``, so a text packed with others pools exactly the tokens it
+    has when encoded alone. A slot without tokens gives zeros. (``bilingual.packing`` lays blocks out.)
+    """
+    hidden = hidden.astype(jnp.float32).reshape(-1, hidden.shape[-1])
+    segment_ids = segment_ids.reshape(-1)
+    sums = jax.ops.segment_sum(hidden, segment_ids, num_segments=num_texts + 1)
+    counts = jax.ops.segment_sum(jnp.ones_like(segment_ids, jnp.float32), segment_ids, num_segments=num_texts + 1)
+    return sums[1:] / jnp.maximum(counts[1:], 1e-9)[:, None]
+
+
 @flax.struct.dataclass
 class EncoderOutput:
     last_hidden_state: jnp.ndarray  # [B, L, H], compute dtype

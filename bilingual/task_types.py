@@ -15,6 +15,13 @@ masks int32 (1 on real tokens, 0 on padding):
 * ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp].
 * ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln].
 * ``sts``: ``a_ids``, ``a_mask`` [B, La]; ``b_ids``, ``b_mask`` [B, Lb] with ``La == Lb``; ``score`` [B] float32.
+
+Packed layout (``get(name, packed=True)``; ``bilingual.packing``): every view ``v`` of side ``s`` is a block
+of whole texts instead of padded rows: ``v_ids``, ``v_segments`` [U, Rs, Ls] int32 (``"pack_units"``,
+``"<side>_rows"``, the side's row length = its sequence length) and ``v_lengths`` with the view's text dims
+(``[B]``, negatives ``[B, m]``) int32, the framed length of each text. The texts, flattened in row-major
+order, are split into ``U`` pack units of consecutive texts; in unit ``u`` the ``i``-th text carries segment
+id ``i + 1`` (0 = padding), which is the index of its segment. Scalars (STS ``score``) are as above.
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ if TYPE_CHECKING:
     from bilingual.training.steps import StepConfig
 
 I32, F32 = np.dtype(np.int32), np.dtype(np.float32)
-SIZE_DIMS = ("batch", "num_negatives")  # every other dim is a sequence-length key
+SIZE_DIMS = ("batch", "num_negatives", "pack_units")  # and "<side>_rows"; every other dim is a length key
+ROWS_SUFFIX = "_rows"
+
+
+def is_size_dim(dim: str) -> bool:
+    return dim in SIZE_DIMS or dim.endswith(ROWS_SUFFIX)
 EmbeddingLoss = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
@@ -50,6 +62,7 @@ class TaskType:
       bind_loss: ``(loss, batch, step config) -> ({view: [n, H] float32} -> (loss, metrics))``, how a
         contrastive type feeds ``loss`` its views' embeddings; None for MLM.
       same_length: sequence-length keys that must be equal (STS: ``a`` and ``b``).
+      packed: the packed layout (views are ``(ids, segments, lengths)`` keys); see the module docstring.
     """
 
     name: str
@@ -58,6 +71,7 @@ class TaskType:
     loss: Callable
     bind_loss: Optional[Callable[[Callable, Mapping, Any], EmbeddingLoss]] = None
     same_length: tuple[str, ...] = ()
+    packed: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -67,14 +81,34 @@ class TaskType:
     @property
     def sides(self) -> tuple[str, ...]:
         """The sequence-length keys of the batch (= the example's text features), in declaration order."""
-        dims = (d for ds, _ in self.arrays.values() for d in ds if d not in SIZE_DIMS)
+        dims = (d for ds, _ in self.arrays.values() for d in ds if not is_size_dim(d))
         return tuple(dict.fromkeys(dims))
 
     @property
     def scalars(self) -> tuple[str, ...]:
         """Keys of the per-row values (dims ``("batch",)``, e.g. STS ``score``), read from the example feature
         of the same name."""
-        return tuple(k for k, (dims, _) in self.arrays.items() if dims == ("batch",))
+        in_views = {k for keys in self.views.values() for k in keys}
+        return tuple(k for k, (dims, _) in self.arrays.items() if dims == ("batch",) and k not in in_views)
+
+    def view_sides(self) -> dict[str, tuple[str, bool]]:
+        """View -> (its side, whether it is nested ``[B, m]`` texts per row, i.e. hard negatives)."""
+        return {name: (self.arrays[keys[0]][0][-1], "num_negatives" in self.arrays[keys[-1]][0])
+                for name, keys in self.views.items()}
+
+    def packed_sizes(self, batch_size: int, lengths: Mapping[str, int], num_negatives: Optional[int],
+                     units: int, packing) -> dict[str, int]:
+        """The ``pack_units`` and ``<side>_rows`` dims of packed batches of ``batch_size`` rows in ``units``
+        pack units under ``packing`` (a ``bilingual.packing.PackingConfig``); ValueError naming the gin key
+        when the batch does not split into the units or a budget is missing."""
+        sizes = {"pack_units": units}
+        for side, nested in self.view_sides().values():
+            texts = batch_size * ((num_negatives or 0) if nested else 1)
+            if units < 1 or texts % units:
+                raise ValueError(f"{self.name}: {texts} {side} texts per batch do not split into "
+                                 f"data.options['packing']['units']={units} pack units")
+            sizes[side + ROWS_SUFFIX] = packing.rows(side, texts // units, lengths[side])
+        return sizes
 
     def check_lengths(self, lengths: Mapping[str, int]) -> None:
         """Raises ValueError when the ``same_length`` keys of ``lengths`` differ."""
@@ -82,28 +116,33 @@ class TaskType:
             raise ValueError(f"{self.name} batches use one length: set "
                              + " == ".join(f"sequence_lengths[{k!r}]" for k in self.same_length))
 
-    def batch_shapes(self, batch_size: int, lengths: Mapping[str, int],
-                     num_negatives: Optional[int] = None) -> dict[str, jax.ShapeDtypeStruct]:
+    def batch_shapes(self, batch_size: int, lengths: Mapping[str, int], num_negatives: Optional[int] = None,
+                     packing=None) -> dict[str, jax.ShapeDtypeStruct]:
         """Key -> ``jax.ShapeDtypeStruct`` of a batch of ``batch_size`` rows (e.g. to compile a step ahead).
 
         ``lengths``: sequence-length key -> tokens (extra keys are ignored); ``num_negatives``: hard
-        negatives per row, required by types with a ``num_negatives`` dim (retrieval).
+        negatives per row, required by types with a ``num_negatives`` dim (retrieval). ``packing``: a
+        ``bilingual.packing.PackingConfig`` for the packed layout (its ``units`` are the global batch's).
         """
         self.check_lengths(lengths)
         sizes = {**lengths, "batch": batch_size, "num_negatives": num_negatives}
+        if self.packed:
+            sizes.update(self.packed_sizes(batch_size, lengths, num_negatives, packing.global_units(), packing))
         missing = [d for dims, _ in self.arrays.values() for d in dims if not sizes.get(d)]
         if missing:
             raise ValueError(f"{self.name} batch shapes need {', '.join(dict.fromkeys(missing))}")
         return {k: jax.ShapeDtypeStruct(tuple(sizes[d] for d in dims), dtype)
                 for k, (dims, dtype) in self.arrays.items()}
 
-    def check_batch(self, batch: Mapping[str, Any], batch_size: int, lengths: Mapping[str, int]) -> None:
+    def check_batch(self, batch: Mapping[str, Any], batch_size: int, lengths: Mapping[str, int],
+                    sizes: Optional[Mapping[str, int]] = None) -> None:
         """Raises ValueError unless ``batch`` (arrays only) has exactly this entry's keys and dtypes, and
-        shapes with ``batch_size`` rows and ``lengths`` tokens; ``num_negatives`` is read off the batch."""
+        shapes with ``batch_size`` rows and ``lengths`` tokens; ``num_negatives`` (and, without ``sizes``,
+        the packed dims) are read off the batch."""
         if set(batch) != set(self.arrays):
             raise ValueError(f"a {self.name} batch has keys {sorted(batch)}; the table has {sorted(self.arrays)}")
         self.check_lengths(lengths)
-        sizes = {**lengths, "batch": batch_size}
+        sizes = {**lengths, **(sizes or {}), "batch": batch_size}
         for key, (dims, dtype) in self.arrays.items():
             shape, got = tuple(np.shape(batch[key])), np.dtype(batch[key].dtype)
             if got != dtype or len(shape) != len(dims) or any(sizes.setdefault(d, n) != n for d, n in zip(dims, shape)):
@@ -141,7 +180,7 @@ def _bind_pairs(loss, batch, config):
 
 
 def _bind_retrieval(loss, batch, config):
-    batch_size, m = batch["negative_ids"].shape[:2]
+    batch_size, m = (batch["negative_lengths"] if "negative_lengths" in batch else batch["negative_ids"]).shape[:2]
     return lambda e: loss(e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), config.temperature)
 
 
@@ -167,8 +206,38 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
 )}
 
 
-def get(name: str) -> TaskType:
-    """The entry of task type ``name``; ValueError naming the known types otherwise."""
-    if name not in TASK_TYPES:
-        raise ValueError(f"unknown task type {name!r}; expected one of {tuple(TASK_TYPES)}")
-    return TASK_TYPES[name]
+def _packed(entry: TaskType) -> TaskType:
+    """The packed layout of a contrastive entry (module docstring): per view ids and segments
+    ``[pack_units, <side>_rows, side]`` and the texts' lengths with the view's text dims."""
+    arrays, views = {}, {}
+    padded_view_keys = {k for keys in entry.views.values() for k in keys}
+    for name, (ids_key, _) in entry.views.items():
+        dims = entry.arrays[ids_key][0]
+        side, prefix = dims[-1], ids_key[:-len("_ids")]
+        block = ("pack_units", side + ROWS_SUFFIX, side)
+        keys = (f"{prefix}_ids", f"{prefix}_segments", f"{prefix}_lengths")
+        arrays.update({keys[0]: (block, I32), keys[1]: (block, I32), keys[2]: (dims[:-1], I32)})
+        views[name] = keys
+    arrays.update({k: v for k, v in entry.arrays.items() if k not in padded_view_keys})
+    return dataclasses.replace(entry, arrays=arrays, views=views, packed=True)
+
+
+PACKED_TASK_TYPES: dict[str, TaskType] = {name: _packed(t) for name, t in TASK_TYPES.items() if t.views}
+
+
+def get(name: str, packed: bool = False) -> TaskType:
+    """The entry of task type ``name`` (its packed layout with ``packed``); ValueError naming the known types
+    otherwise."""
+    table = PACKED_TASK_TYPES if packed else TASK_TYPES
+    if name not in table:
+        kind = "packed " if packed else ""
+        raise ValueError(f"unknown {kind}task type {name!r}; expected one of {tuple(table)}")
+    return table[name]
+
+
+def layout_of(name: str, batch: Mapping[str, Any]) -> TaskType:
+    """The entry (padded or packed) whose keys ``batch`` carries (extra keys are ignored)."""
+    packed = PACKED_TASK_TYPES.get(name)
+    if packed is not None and all(k in batch for k in packed.arrays):
+        return packed
+    return get(name)

@@ -150,15 +150,16 @@ class StepReport:
 
 
 def abstract_batch_shapes(task_type: str, batch_size: int, sequence_lengths: Optional[dict],
-                          num_negatives: Optional[int]) -> dict:
-    """Key -> global ``ShapeDtypeStruct`` of the stage's batches (defaults as the batch iterator's)."""
+                          num_negatives: Optional[int], packing: Optional[dict] = None) -> dict:
+    """Key -> global ``ShapeDtypeStruct`` of the stage's batches (defaults as the batch iterator's;
+    ``packing``: ``data.options['packing']`` with its ``units`` filled in)."""
     from tasks import batching
 
-    return batching.batch_shapes(task_type, batch_size, sequence_lengths, num_negatives)
+    return batching.batch_shapes(task_type, batch_size, sequence_lengths, num_negatives, packing)
 
 
 def stage_batch_shapes(config, sequence_lengths: Optional[dict] = None, num_negatives: Optional[int] = None,
-                       task_types: Optional[list] = None) -> dict[str, dict]:
+                       task_types: Optional[list] = None, packing: Optional[dict] = None) -> dict[str, dict]:
     """Task type -> the abstract global batch of each step to compile (``config.batch_size`` rows at the
     ``sequence_lengths`` of ``data.options``, defaults as the batch iterator's); ``ConfigError`` for a stage,
     task type or length that cannot be compiled. ``config``: a ``TrainConfig``."""
@@ -179,7 +180,8 @@ def stage_batch_shapes(config, sequence_lengths: Optional[dict] = None, num_nega
     out = {}
     for task_type in wanted:
         try:
-            out[task_type] = abstract_batch_shapes(task_type, config.batch_size, sequence_lengths, num_negatives)
+            out[task_type] = abstract_batch_shapes(task_type, config.batch_size, sequence_lengths, num_negatives,
+                                                   packing)
         except ValueError as err:
             raise ConfigError(f"data.options: {err}") from err
     return out
@@ -187,7 +189,8 @@ def stage_batch_shapes(config, sequence_lengths: Optional[dict] = None, num_nega
 
 def compile_config(config, topo: topology_lib.Topology, sequence_lengths: Optional[dict] = None,
                    num_negatives: Optional[int] = None, task_types: Optional[list] = None,
-                   progress: Callable[[str], None] = lambda line: None) -> list[StepReport]:
+                   progress: Callable[[str], None] = lambda line: None,
+                   packing: Optional[dict] = None) -> list[StepReport]:
     """Compile each step of ``config``'s stage (a ``TrainConfig``) for ``topo``; one report per task type
     (``progress`` gets a line before each compile, which takes minutes at full scale).
 
@@ -202,8 +205,13 @@ def compile_config(config, topo: topology_lib.Topology, sequence_lengths: Option
     from bilingual.training import sharded, trainer
 
     config = dataclasses.replace(config.resolved(), init_from=None, tokenizer=None)
-    batches = stage_batch_shapes(config, sequence_lengths, num_negatives, task_types)  # fails before libtpu
+    if packing is None:
+        batches = stage_batch_shapes(config, sequence_lengths, num_negatives, task_types)  # fails before libtpu
     mesh = sharding.make_mesh(config.mesh, topology_devices(topo))
+    if packing is not None:  # the units as launch.data_factory fills them in need the mesh
+        if packing.get("units") is None:
+            packing = {**packing, "units": sharding.batch_divisor(mesh) * max(1, config.step.gradcache_chunks)}
+        batches = stage_batch_shapes(config, sequence_lengths, num_negatives, task_types, packing)
     trainer.validate(config, mesh)
     objective, tx, example_ids, shardings, step_fns = trainer.build_steps(config, mesh)
     state = nn.meta.unbox(sharded.abstract_state(objective.model, tx, example_ids))
@@ -390,7 +398,8 @@ def main(argv=None) -> int:
     print(f"compiling the {configurables.stage()} stage of {', '.join(args.gin_file)} for {topo.name} "
           f"({topo.topology_name}, {topo.devices} devices) with libtpu {prepare_libtpu(topo)}", flush=True)
     reports = compile_config(configurables.TrainConfig(), topo, options.get("sequence_lengths"), num_negatives,
-                             args.task_type, progress=lambda line: print(line, flush=True))
+                             args.task_type, progress=lambda line: print(line, flush=True),
+                             packing=options.get("packing"))
     print(format_table(reports), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1))

@@ -20,9 +20,16 @@ def make_batches(config, data: dict):
     reads its own shard and yields ``global batch / process_count`` rows.
     """
     run_data.register_data()
+    options = dict(data["options"])
+    packing = options.get("packing")
+    if packing is not None and packing.get("units") is None:  # the fewest units the mesh and GradCache split
+        from bilingual import sharding
+
+        divisor = sharding.batch_divisor(sharding.make_mesh(config.mesh))
+        options["packing"] = {**packing, "units": divisor * max(1, getattr(config.step, "gradcache_chunks", 1))}
     return batching.make_batch_iterator(
         data["name"], data["split"], config.batch_size // jax.process_count(), data["seed"],
-        shard_index=jax.process_index(), num_shards=jax.process_count(), **data["options"])
+        shard_index=jax.process_index(), num_shards=jax.process_count(), **options)
 
 
 def make_eval_hooks(evaluation: dict, every_n_steps: int) -> list:

@@ -12,7 +12,8 @@ pure function of its index, so the batches do not depend on how many workers the
 
 * ``ContrastiveJob(j)``: batch ``j`` of a pairs / retrieval / STS task: the records at positions
   ``start + j*B ... start + (j+1)*B - 1``, tokenised, framed ``<s> ... </s>``, truncated and padded to the
-  configured lengths (the layout of ``bilingual.task_types``).
+  configured lengths (the layout of ``bilingual.task_types``); or, packed, truncated there and packed whole
+  into fixed-shape blocks per pack unit (``bilingual.packing``, the packed layout of ``bilingual.task_types``).
 * ``DocumentJob(j)``: documents ``start + j*C ...`` of an MLM task, tokenised (ids without ``<s>``/``</s>``);
   packing them into rows and masking are sequential and run after the workers (``tasks.batching``).
 
@@ -30,6 +31,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from grain.experimental import index_shuffle
 
+from bilingual import packing as packer
 from bilingual import tokenizer as bpe
 
 SHUFFLE_ROUNDS = 4  # grain's default for its own shuffles
@@ -117,12 +119,14 @@ def pad_to(rows: list[np.ndarray], length: int, pad_id: int = bpe.PAD_ID) -> tup
 @dataclasses.dataclass(frozen=True)
 class View:
     """One encoder input of a contrastive batch: ``ids_key``/``mask_key`` from feature ``side``, ``[B, L]``
-    or, ``nested``, ``[B, m, L]`` (hard negatives)."""
+    or, ``nested``, ``[B, m, L]`` (hard negatives). Packed (``lengths_key`` set): ``mask_key`` is the segment
+    ids' key, both ``[units, rows, L]``, and ``lengths_key`` the texts' lengths ``[B]`` / ``[B, m]``."""
 
     ids_key: str
     mask_key: str
     side: str
     nested: bool
+    lengths_key: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +143,7 @@ class ContrastiveJob:
     views: tuple[View, ...]
     scalars: tuple[tuple[str, str], ...]  # (key, numpy dtype name)
     lengths: tuple[tuple[str, int], ...]
+    packing: Optional[tuple[int, tuple[tuple[str, int], ...]]] = None  # (units, ((side, rows per unit), ...))
 
     def __call__(self, j: int) -> dict[str, np.ndarray]:
         first = self.start + j * self.batch_size
@@ -153,6 +158,20 @@ class ContrastiveJob:
                     raise ValueError(f"task {self.task!r}: examples carry different numbers of {view.side}")
                 texts = [t for group in texts for t in group]
             rows = [frame(ids, lengths[view.side]) for ids in self.encoder.encode(texts)]
+            if view.lengths_key is not None:
+                units, unit_rows = self.packing[0], dict(self.packing[1])
+                key = f"data.options['packing']['tokens_per_text'][{view.side!r}]"
+                try:
+                    ids, segments, text_lengths = packer.pack_units(rows, units, unit_rows[view.side],
+                                                                    lengths[view.side], bpe.PAD_ID,
+                                                                    what=f"task {self.task!r} {view.side} texts")
+                except packer.PackingError as err:
+                    raise packer.PackingError(f"{err}; the {unit_rows[view.side]} rows per unit come from "
+                                              f"{key}: raise it") from None
+                shape = (len(examples), m) if view.nested else (len(examples),)
+                batch[view.ids_key], batch[view.mask_key] = ids, segments
+                batch[view.lengths_key] = text_lengths.reshape(shape)
+                continue
             ids, mask = pad_to(rows, lengths[view.side])
             if view.nested:
                 ids, mask = ids.reshape(len(examples), m, -1), mask.reshape(len(examples), m, -1)

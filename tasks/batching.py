@@ -60,6 +60,7 @@ import seqio
 
 from tasks import tf_setup  # noqa: F401  (TensorFlow on the CPU only)
 
+from bilingual import packing as packer
 from bilingual import task_types
 from bilingual.config import ConfigError
 from tasks import batch_jobs, mixtures, mlm, records
@@ -159,10 +160,12 @@ class TaskStream:
     """
 
     def __init__(self, task: seqio.Task, task_type: str, split: str, order: batch_jobs.ExampleOrder,
-                 lengths: Mapping[str, int], batch_size: int, num_workers: int, worker_buffer: int):
+                 lengths: Mapping[str, int], batch_size: int, num_workers: int, worker_buffer: int,
+                 packing: Optional[tuple] = None):
         self.task, self.task_type, self.split, self.order = task, task_type, split, order
         self.lengths, self.batch_size = dict(lengths), batch_size
         self.num_workers, self.worker_buffer = num_workers, worker_buffer
+        self.packing = packing  # None or (units, ((side, rows per unit), ...)) of this host's batches
         self.position, self.offset = 0, 0
         self._iterator = None
         self._documents: list[np.ndarray] = []  # MLM: tokenised documents from `position` on
@@ -195,12 +198,14 @@ class TaskStream:
             jobs = ENDLESS_JOBS if limit is None else -(-(limit - self.position) // DOCUMENT_CHUNK)
             self._documents, self._document_start = [], self.position
         else:
-            spec = task_types.get(self.task_type)
-            views = tuple(batch_jobs.View(ids, mask, spec.arrays[ids][0][-1], len(spec.arrays[ids][0]) == 3)
-                          for ids, mask in spec.views.values())
+            spec = task_types.get(self.task_type, packed=self.packing is not None)
+            sides = spec.view_sides()
+            views = tuple(batch_jobs.View(keys[0], keys[1], *sides[name], keys[2] if spec.packed else None)
+                          for name, keys in spec.views.items())
             scalars = tuple((key, np.dtype(spec.arrays[key][1]).name) for key in spec.scalars)
             job = batch_jobs.ContrastiveJob(self.task.name, records_, self.order, encoder, self.batch_size,
-                                            self.position, views, scalars, tuple(sorted(self.lengths.items())))
+                                            self.position, views, scalars, tuple(sorted(self.lengths.items())),
+                                            self.packing)
             jobs = ENDLESS_JOBS if limit is None else (limit - self.position) // self.batch_size
         # one reading thread and a short read-ahead: grain's defaults (16 threads, 500 jobs ahead) make the
         # threads of a worker fight over the GIL and spend CPU on far-future jobs (measured: 7x slower)
@@ -256,7 +261,7 @@ class BatchIterator:
     def __init__(self, name: str, tasks: list[seqio.Task], rates: np.ndarray, *, split: str, batch_size: int,
                  seed: int, sequence_lengths: Mapping[str, int], shard_index: int, num_shards: int,
                  shuffle: bool, num_epochs: int | None, mlm_rate: float, num_workers: int = 0,
-                 worker_buffer: int = 2, prefetch: int = 2):
+                 worker_buffer: int = 2, prefetch: int = 2, packing: Optional[packer.PackingConfig] = None):
         self.name, self.tasks, self.split = name, tasks, split
         self.probabilities = rates / rates.sum()
         self.batch_size, self.seed, self.lengths = batch_size, seed, dict(sequence_lengths)
@@ -264,6 +269,11 @@ class BatchIterator:
         self.shuffle, self.num_epochs, self.mlm_rate = shuffle, num_epochs, mlm_rate
         self.num_workers, self.worker_buffer, self.prefetch = num_workers, worker_buffer, prefetch
         self.task_types = {t.name: pp.task_type_of(t.output_features) for t in tasks}
+        self.packing = packing
+        if packing is not None:  # fail on a config that cannot work before anything is read or compiled
+            units = packing.local_units(num_shards)
+            for task_type in {t for t in self.task_types.values() if t != "mlm"}:
+                task_types.get(task_type, packed=True).packed_sizes(batch_size, self.lengths, 1, units, packing)
         self.step = 0
         self._streams: dict[str, TaskStream] = {}
         self._saved_positions: dict[str, dict] = {}
@@ -327,11 +337,33 @@ class BatchIterator:
             order = batch_jobs.ExampleOrder(len(records_of(task, self.split)), self.seed, task.name,
                                             self.shard_index, self.num_shards, self.shuffle, self.num_epochs)
             stream = TaskStream(task, self.task_types[task.name], self.split, order, self.lengths, self.batch_size,
-                                self.num_workers, self.worker_buffer)
+                                self.num_workers, self.worker_buffer, self._packing_of(task))
             if task.name in self._saved_positions:
                 stream.set_state(self._saved_positions.pop(task.name))
             self._streams[task.name] = stream
         return self._streams[task.name]
+
+    def packed_sizes(self, task: seqio.Task) -> Optional[dict[str, int]]:
+        """The packed dims (``pack_units``, ``<side>_rows``) of ``task``'s batches on this host; None when
+        they are padded (MLM, or no ``packing``)."""
+        task_type = self.task_types[task.name]
+        if self.packing is None or task_type == "mlm":
+            return None
+        spec = task_types.get(task_type, packed=True)
+        negatives = None
+        if any(nested for _, nested in spec.view_sides().values()):
+            rows = records_of(task, self.split)
+            negatives = len(rows[0]["negatives"]) if len(rows) else 1
+        return spec.packed_sizes(self.batch_size, self.lengths, negatives,
+                                 self.packing.local_units(self.num_shards), self.packing)
+
+    def _packing_of(self, task: seqio.Task) -> Optional[tuple]:
+        sizes = self.packed_sizes(task)
+        if sizes is None:
+            return None
+        rows = tuple(sorted((k[:-len(task_types.ROWS_SUFFIX)], v) for k, v in sizes.items()
+                            if k.endswith(task_types.ROWS_SUFFIX)))
+        return sizes["pack_units"], rows
 
     def task_for_step(self, step: int) -> seqio.Task:
         """The task of batch ``step`` (the same on every host)."""
@@ -347,9 +379,12 @@ class BatchIterator:
             vocab = next(iter(task.output_features.values())).vocabulary
             rng = np.random.default_rng([self.seed, self.step, 1, self.shard_index])
             batch = self._mlm_batch(stream, vocab, rng)
+            task_types.get(task_type).check_batch(batch, self.batch_size, self.lengths)
         else:
             batch = stream.next_batch()
-        task_types.get(task_type).check_batch(batch, self.batch_size, self.lengths)
+            packed = stream.packing is not None
+            task_types.get(task_type, packed=packed).check_batch(batch, self.batch_size, self.lengths,
+                                                                  self.packed_sizes(task) if packed else None)
         self.step += 1
         batch["task"], batch["task_type"] = task.name, task_type
         return batch, self._current_state()
@@ -430,12 +465,16 @@ class BatchIterator:
 
 
 def batch_shapes(task_type: str, batch_size: int, sequence_lengths: Mapping[str, int] | None = None,
-                 num_negatives: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+                 num_negatives: int | None = None, packing=None) -> dict[str, jax.ShapeDtypeStruct]:
     """``task_types.get(task_type).batch_shapes`` with the default sequence lengths filled in: key ->
     ``jax.ShapeDtypeStruct`` of a batch (e.g. to lower/compile a step ahead of time). ``num_negatives`` is
-    required for retrieval (the task's registered count)."""
+    required for retrieval (the task's registered count). ``packing`` (a ``PackingConfig`` or the
+    ``data.options['packing']`` dict): the packed layout of contrastive types, ``batch_size`` global."""
     lengths = pp.sequence_lengths_with_defaults(sequence_lengths)
-    return task_types.get(task_type).batch_shapes(batch_size, lengths, num_negatives)
+    packing = packer.PackingConfig.from_options(packing)
+    packed = packing is not None and task_type != "mlm"
+    return task_types.get(task_type, packed=packed).batch_shapes(batch_size, lengths, num_negatives,
+                                                                 packing if packed else None)
 
 
 @gin.configurable
@@ -443,7 +482,8 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
                         sequence_lengths: Mapping[str, int] | None = None, shard_index: int = 0,
                         num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,
                         num_epochs: int | None = None, mlm_rate: float = 0.3, num_workers: int = 0,
-                        worker_buffer: int = 2, prefetch: int = 2) -> BatchIterator:
+                        worker_buffer: int = 2, prefetch: int = 2,
+                        packing: Mapping[str, Any] | None = None) -> BatchIterator:
     """Batches of a registered task or mixture for one host.
 
     Args:
@@ -464,6 +504,10 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
         every value; ``benchmarks/input_pipeline.py`` measures the rate per worker.
       worker_buffer: finished jobs (batches, MLM document chunks) each worker keeps ready.
       prefetch: finished batches a background thread keeps ready (0: none, batches are built in ``next``).
+      packing: None (contrastive batches padded, one text per row) or ``{"tokens_per_text": {side: tokens},
+        "units": n}``: pack every side's texts whole into fixed-shape blocks (``bilingual.packing.
+        PackingConfig``; the packed layout of ``bilingual.task_types``). ``units`` counts the global batch's
+        pack units; the host's batch holds ``units / num_shards`` of them.
 
     Returns:
       A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``, ``close()``).
@@ -492,4 +536,5 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
     return BatchIterator(name, tasks, values, split=split, batch_size=batch_size, seed=seed,
                          sequence_lengths=lengths, shard_index=shard_index, num_shards=num_shards, shuffle=shuffle,
                          num_epochs=num_epochs, mlm_rate=mlm_rate, num_workers=num_workers,
-                         worker_buffer=worker_buffer, prefetch=prefetch)
+                         worker_buffer=worker_buffer, prefetch=prefetch,
+                         packing=packer.PackingConfig.from_options(packing))

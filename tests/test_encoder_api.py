@@ -107,18 +107,18 @@ def test_compilations_are_bounded_and_logged(model, caplog):
     words = "der die das Hund Katze läuft schnell über eine grüne Wiese am Fluss".split()
     texts = [" ".join(rng.choice(words, size=rng.integers(1, 60))) for _ in range(120)]
     with caplog.at_level(logging.INFO, logger="bilingual.encoder_api"):
-        first = encoder.encode(texts, batch_size=16)
+        first = encoder.encode(texts, batch_size=16, packing=False)  # the padded path (packed: test_packing_encode)
     # every batch has 16 rows; lengths are buckets of bucket_length, 16..128 here (longest text < 128 tokens)
     allowed = {(16, bucket_length(n, 512)) for n in range(1, 129)}
     assert encoder.used_shapes <= allowed and len(allowed) == 13
     assert encoder._forward._cache_size() == len(encoder.compiled_shapes) == len(encoder.used_shapes)
     assert sum("compiled the encoder" in r.message for r in caplog.records) == len(encoder.used_shapes)
-    second = encoder.encode(list(reversed(texts)), batch_size=16)
+    second = encoder.encode(list(reversed(texts)), batch_size=16, packing=False)
     assert encoder._forward._cache_size() == len(encoder.compiled_shapes) == len(encoder.used_shapes)
     np.testing.assert_allclose(second[::-1], first, atol=1e-6)
     # another Encoder of the same configuration reuses the compiled shapes
     again = Encoder(config, params, build_tokenizer())
-    again.encode(texts, batch_size=16)
+    again.encode(texts, batch_size=16, packing=False)
     assert again.compiled_shapes == [] and encoder._forward._cache_size() == len(encoder.used_shapes)
 
 

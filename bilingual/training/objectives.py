@@ -88,7 +88,8 @@ def for_stage(stage: str, model: EncoderConfig, step: steps.StepConfig) -> Objec
     and FLOPs come from the task-type table (``bilingual.task_types``)."""
     if stage not in ("mlm", "pairs", "multitask"):
         raise ConfigError(f"TrainConfig.stage={stage!r} is unknown; expected one of {tuple(STAGES)}")
-    batch_keys = lambda t: task_types.get(t).keys
+    batch_keys = lambda t: task_types.get(t).keys + (task_types.get(t, packed=True).keys
+                                                      if t in task_types.PACKED_TASK_TYPES else ())
     train_flops = lambda t, batch: task_types.get(t).train_flops(model, step, batch)
     if stage == "mlm":
         module = JinaBertForMaskedLM(model)

@@ -13,6 +13,12 @@ One compiled step per task type: the multi-task stage keeps a dict of them and p
 * ``sts``: negative Pearson (or MSE, the ablation) between cosine and gold score.
 
 Contrastive steps use GradCache when ``gradcache_chunks > 1`` (``bilingual.gradcache``).
+
+Contrastive batches come padded (one text per row) or packed (``bilingual.packing``: blocks of whole texts
+with segment ids, the packed layout of ``bilingual.task_types``); the step reads the layout off the batch's
+keys. A packed view is encoded once per block with segment-restricted attention and pooled per segment
+(``modeling.segment_mean_pool``), so the loss sees the same ``[n, H]`` embeddings in the same order as for
+padded rows; GradCache chunks and batch shards split the leading pack-unit axis.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from bilingual import gradcache, losses, task_types
-from bilingual.modeling import JinaBert, JinaBertForMaskedLM
+from bilingual.modeling import JinaBert, JinaBertForMaskedLM, segment_mean_pool
 
 
 @flax.struct.dataclass
@@ -49,24 +55,58 @@ class StepConfig:
 
 
 def make_embed_fn(model: JinaBert, dropout: bool):
-    """``(params, {"ids", "mask"}, rng) -> [n, H]`` mean-pooled float32 embeddings."""
+    """``(params, inputs, rng) -> [n, H]`` mean-pooled float32 embeddings; ``inputs`` is ``{"ids", "mask"}``
+    ``[n, L]`` (padded rows) or ``{"ids", "segments", "lengths"}`` (packed: ``[u, R, L]`` blocks of ``u``
+    pack units and ``[u, T]`` lengths of their texts; ``n = u * T``, unit-major)."""
 
     def embed(params, inputs, rng):
-        out = model.apply({"params": params}, inputs["ids"], inputs["mask"], deterministic=not dropout,
+        if "segments" not in inputs:
+            out = model.apply({"params": params}, inputs["ids"], inputs["mask"], deterministic=not dropout,
+                              rngs={"dropout": rng})
+            return out.embedding
+        units, rows, length = inputs["ids"].shape
+        texts = inputs["lengths"].shape[1]
+        segments = inputs["segments"].reshape(units * rows, length)
+        out = model.apply({"params": params}, inputs["ids"].reshape(units * rows, length),
+                          (segments > 0).astype(jnp.int32), segment_ids=segments, deterministic=not dropout,
                           rngs={"dropout": rng})
-        return out.embedding
+        hidden = out.last_hidden_state.reshape(units, rows, length, -1)
+        pooled = jax.vmap(segment_mean_pool, in_axes=(0, 0, None))(hidden, inputs["segments"], texts)
+        return pooled.reshape(units * texts, -1)
 
     return embed
 
 
 def contrastive_views(task_type: str, batch) -> dict:
-    """The encoder inputs of a contrastive batch: view -> ``{"ids", "mask"}`` ``[n, L]`` int32, the view's
-    arrays (``task_types`` entry) flattened to rows (retrieval's ``[B, m, Ln]`` negatives to ``[B * m, Ln]``)."""
+    """The encoder inputs of a contrastive batch, view -> arrays. Padded: ``{"ids", "mask"}`` ``[n, L]`` int32,
+    the view's arrays flattened to rows (retrieval's ``[B, m, Ln]`` negatives to ``[B * m, Ln]``). Packed:
+    ``{"ids", "segments"}`` ``[U, R, L]`` and ``{"lengths"}`` ``[U, n / U]`` (``task_types`` packed layout)."""
+    spec = task_types.layout_of(task_type, batch)
     views = {}
-    for name, (ids_key, mask_key) in task_types.get(task_type).views.items():
-        ids, mask = batch[ids_key], batch[mask_key]
+    for name, keys in spec.views.items():
+        if spec.packed:
+            ids_key, segments_key, lengths_key = keys
+            units = batch[ids_key].shape[0]
+            views[name] = {"ids": batch[ids_key], "segments": batch[segments_key],
+                           "lengths": batch[lengths_key].reshape((units, -1))}
+            continue
+        ids, mask = batch[keys[0]], batch[keys[1]]
         views[name] = {"ids": ids.reshape((-1, ids.shape[-1])), "mask": mask.reshape((-1, mask.shape[-1]))}
     return views
+
+
+def packed_batch_error(task_type: str, batch_shapes, groups: int, chunks: int):
+    """None, or why a packed batch of these (global) shapes cannot be split over ``groups`` batch shards x
+    ``chunks`` GradCache chunks (its pack units must be a multiple of both), naming the gin key."""
+    spec = task_types.layout_of(task_type, batch_shapes)
+    if not spec.packed:
+        return None
+    units = batch_shapes[next(iter(spec.views.values()))[0]].shape[0]
+    need = groups * max(chunks, 1)
+    if units % need:
+        return (f"data.options['packing']['units']={units}: a packed {task_type} batch must split into "
+                f"StepConfig.gradcache_chunks={chunks} chunks x {groups} batch shards; set it to a multiple of {need}")
+    return None
 
 
 def apply_updates(tx, state: TrainState, grads, loss, metrics):

@@ -203,6 +203,10 @@ def _train(config: TrainConfig, workdir, mesh, batches: BatchIterator, hooks: Se
             arrays = {k: v for k, v in host_batch.items() if k in objective.batch_keys(task_type)}
             key = (task_type,) + tuple(sorted((k, v.shape) for k, v in arrays.items()))
             if key not in compiled:
+                problem = steps.packed_batch_error(task_type, _global_shapes(arrays), sharding.batch_divisor(mesh),
+                                                   config.step.gradcache_chunks)
+                if problem:
+                    raise ConfigError(problem)
                 compiled[key], memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state,
                                                              _global_shapes(arrays))
                 log.info("compiled the %s step: %s", task_type, sharded.describe_memory(memory))
