@@ -4,8 +4,10 @@ One run, same machine, same random `base-de` weights (exported once to a tempora
 
 * 2,000 bundled sentences (`data/demo/eval/`, de/en/es) embedded by `bilingual.Encoder` (packed: whole
   texts, longest first, in rows of 256 tokens and two block shapes, `bilingual.packing`; texts above a row
-  padded in length buckets) and by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads: tokens/s and
-  the ratio;
+  padded in length buckets), by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads, and
+  by onnxruntime (CPU, 2 intra-op threads) on the export's `onnx/model.onnx`
+  (`bilingual.export.onnx_export.onnx_encoder`: the same tokenizer, batches and pooling as
+  sentence-transformers): tokens/s and the ratios;
 * one 8192-token document through each: wall time (compiled / warm) and peak RSS.
 
 Each measurement runs in a fresh subprocess, so peak RSS is that measurement's own. A byte-level BPE
@@ -107,6 +109,9 @@ def prepare(workdir: pathlib.Path, preset: str, n: int, rows: int = 32, length: 
                           else np.zeros(s.shape, np.float32), abstract)
     params = _layer_norm_ones(params)
     export_hf(config, params, workdir / "export", tokenizer_dir=workdir / "tokenizer")
+    from bilingual.export.onnx_export import export_onnx
+
+    export_onnx(workdir / "export")
     (workdir / "inputs.json").write_text(json.dumps({"texts": texts, "rows": rows, "length": length,
                                                      "batch": batch_texts(fast, rows, length, texts),
                                                      "long": long_document(fast, long_tokens, texts)}))
@@ -179,6 +184,25 @@ def run_torch(workdir: pathlib.Path, which: str, compute_dtype: str = "float32",
     return result
 
 
+def run_onnx(workdir: pathlib.Path, which: str, compute_dtype: str = "float32", repeats: int = 3,
+             attention_impl: str = "auto") -> dict:
+    sys.path.insert(0, str(ROOT))
+    from bilingual.export.onnx_export import onnx_encoder
+
+    if compute_dtype != "float32":
+        raise SystemExit("the onnxruntime row runs the float32 graph only")
+    inputs = json.loads((workdir / "inputs.json").read_text())
+    encoder = onnx_encoder(workdir / "export", threads=min(2, os.cpu_count() or 2))
+
+    def encode(texts, max_length):
+        encoder.max_length = max_length
+        return encoder.encode(texts, batch_size=32)
+
+    result = _timed(encode, encoder.tokenizer, inputs, which, repeats, warm_up=which != "long")
+    result["backend"] = "onnxruntime-cpu"
+    return result
+
+
 def _timed(encode, tokenizer, inputs, which, repeats: int = 3, warm_up: bool = True) -> dict:
     """Seconds of ``encode``: the first call (JAX: includes compilation) and the median of ``repeats`` warm
     calls. ``which``: "sentences" (the bundled sentences, max 512), "batch" (rows x length), "long" (one doc)."""
@@ -219,7 +243,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=2000)
     parser.add_argument("--preset", default="base-de")
     parser.add_argument("--skip_long", action="store_true")
-    parser.add_argument("--child", choices=["prepare", "jax", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["prepare", "jax", "torch", "onnx"], help=argparse.SUPPRESS)
     parser.add_argument("--which", default="sentences", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
@@ -235,8 +259,8 @@ def main() -> None:
             prepare(workdir, args.preset, args.sentences, args.rows, args.length)
             result = {}
         else:
-            result = (run_jax if args.child == "jax" else run_torch)(workdir, args.which, args.compute_dtype,
-                                                                      args.repeats, args.attention_impl)
+            run = {"jax": run_jax, "torch": run_torch, "onnx": run_onnx}[args.child]
+            result = run(workdir, args.which, args.compute_dtype, args.repeats, args.attention_impl)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(json.dumps(result))
         return
@@ -247,12 +271,17 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--child", "prepare", "--workdir", tmp, "--preset", args.preset,
                         "--sentences", str(args.sentences)], check=True, capture_output=True)
         jax_s, torch_s = child("jax", "sentences", workdir), child("torch", "sentences", workdir)
+        onnx_s = child("onnx", "sentences", workdir)
         print(f"\n{args.sentences} bundled sentences ({jax_s['tokens']} tokens), batch 32, max 512 tokens")
-        print(f"  {'':34s} {'JAX':>10s} {'PyTorch':>10s}")
-        print(f"  {'tokens/s (second pass)':34s} {jax_s['tokens_per_s']:10.0f} {torch_s['tokens_per_s']:10.0f}")
-        print(f"  {'first pass incl. compile (s)':34s} {jax_s['first_s']:10.1f} {torch_s['first_s']:10.1f}")
-        print(f"  {'peak RSS (GB)':34s} {jax_s['peak_rss_gb']:10.2f} {torch_s['peak_rss_gb']:10.2f}")
-        print(f"  JAX / PyTorch throughput: {jax_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x")
+        print(f"  {'':34s} {'JAX':>10s} {'PyTorch':>10s} {'ONNX RT':>10s}")
+        print(f"  {'tokens/s (second pass)':34s} {jax_s['tokens_per_s']:10.0f} {torch_s['tokens_per_s']:10.0f} "
+              f"{onnx_s['tokens_per_s']:10.0f}")
+        print(f"  {'first pass incl. compile (s)':34s} {jax_s['first_s']:10.1f} {torch_s['first_s']:10.1f} "
+              f"{onnx_s['first_s']:10.1f}")
+        print(f"  {'peak RSS (GB)':34s} {jax_s['peak_rss_gb']:10.2f} {torch_s['peak_rss_gb']:10.2f} "
+              f"{onnx_s['peak_rss_gb']:10.2f}")
+        print(f"  JAX / PyTorch throughput: {jax_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x; "
+              f"ONNX RT / PyTorch: {onnx_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x")
         if not args.skip_long:
             jax_l, torch_l = child("jax", "long", workdir), child("torch", "long", workdir)
             print(f"\none {jax_l['tokens']}-token document")

@@ -4,7 +4,9 @@ The recipe follows ``shared/spec/MODEL.md``: RoBERTa-style byte-level BPE, cased
 ``<s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4`` (in that order, so the ids are fixed), trained on a corpus in
 which the two languages are balanced by sampling. The saved directory is a regular Hugging Face tokenizer
 (``tokenizer.json``, ``vocab.json``, ``merges.txt``, ``tokenizer_config.json``, ``special_tokens_map.json``)
-that ``transformers.AutoTokenizer.from_pretrained(dir)`` loads, so an exported model carries it unchanged.
+that ``transformers.AutoTokenizer.from_pretrained(dir)`` loads, so an exported model carries it unchanged;
+``tokenizer.json`` is written with its BPE merges as ``"left right"`` strings, the form both tokenizers 0.19
+(transformers 4.x) and 0.20+ read (``portable_tokenizer_json``).
 
 Text is NFC-normalised before byte-level pre-tokenisation (ours: composed and decomposed umlauts/accents get
 the same ids; RoBERTa itself has no normaliser).
@@ -181,6 +183,64 @@ def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, *, min
     return tok
 
 
+# tokenizer_config.json classes that only transformers >= 5 knows, and the 4.x name of the same fast tokenizer
+# (transformers 5 defines PreTrainedTokenizerFast as an alias of TokenizersBackend).
+_V5_ONLY_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_json(data: dict) -> dict:
+    """``tokenizer.json`` content in the form that tokenizers 0.19 (transformers 4.x) and 0.20+ all read.
+
+    tokenizers 0.20 started writing BPE merges as ``[left, right]`` pairs; 0.19 and older read only the
+    ``"left right"`` strings (and fail with "data did not match any variant of untagged enum ModelWrapper"),
+    while 0.20+ still reads both. The string form is unambiguous only if no merge part contains a space;
+    byte-level BPE (this project's, RoBERTa's) maps the space byte to ``Ġ``, so that always holds for it.
+    Raises ``TokenizerError`` for a tokenizer whose merges cannot be written as strings. Everything else is
+    returned unchanged (a copy).
+    """
+    data = json.loads(json.dumps(data))
+    model = data.get("model") or {}
+    merges = model.get("merges")
+    if model.get("type") == "BPE" and merges:
+        strings = []
+        for merge in merges:
+            if isinstance(merge, str):
+                strings.append(merge)
+                continue
+            left, right = merge
+            if " " in left or " " in right:
+                raise TokenizerError(f"BPE merge {merge!r} contains a space: it has no form that tokenizers < 0.20 "
+                                     "reads (only the [left, right] form of tokenizers >= 0.20)")
+            strings.append(f"{left} {right}")
+        model["merges"] = strings
+    return data
+
+
+def portable_tokenizer_config(config: dict) -> dict:
+    """``tokenizer_config.json`` content that transformers 4.x and 5.x both load: a class name only
+    transformers 5 has (``TokenizersBackend``, what 5.x's ``save_pretrained`` writes for a plain fast tokenizer)
+    becomes ``PreTrainedTokenizerFast``, the same class under the name both know."""
+    config = dict(config)
+    name = config.get("tokenizer_class")
+    if name in _V5_ONLY_TOKENIZER_CLASSES:
+        config["tokenizer_class"] = _V5_ONLY_TOKENIZER_CLASSES[name]
+    return config
+
+
+def make_portable(directory: str | os.PathLike) -> None:
+    """Rewrites ``tokenizer.json`` and ``tokenizer_config.json`` in ``directory`` (those present) in their
+    portable forms (``portable_tokenizer_json`` / ``portable_tokenizer_config``)."""
+    directory = pathlib.Path(directory)
+    for name, convert in (("tokenizer.json", portable_tokenizer_json),
+                          ("tokenizer_config.json", portable_tokenizer_config)):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            converted = convert(data)
+            if converted != data:
+                path.write_text(json.dumps(converted, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def save(tok: Tokenizer, out_dir: str | os.PathLike, *, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
          metadata: Mapping | None = None) -> pathlib.Path:
     """Writes the Hugging Face tokenizer files into ``out_dir`` (created if needed).
@@ -189,7 +249,10 @@ def save(tok: Tokenizer, out_dir: str | os.PathLike, *, model_max_length: int = 
     """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
+    # in the merges form that tokenizers 0.19 (transformers 4.x) reads as well as 0.20+
+    (out / "tokenizer.json").write_text(
+        json.dumps(portable_tokenizer_json(json.loads(tok.to_str())), indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8")
     tok.model.save(str(out), None)  # vocab.json + merges.txt, for slow-tokenizer users
     config = {
         "tokenizer_class": "RobertaTokenizer",

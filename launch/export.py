@@ -11,6 +11,10 @@ classifier (the ``finetune`` stage's checkpoint) exports as ``JinaBertForSequenc
 ``--auto_map upstream`` points the config at the released models' code on the Hub instead of the code shipped
 in the directory: ``jinaai/jina-bert-implementation``, or ``jinaai/jina-bert-v2-qk-post-norm`` for the
 qk-post-norm layout of base-es (loading then needs the Hub).
+``--format onnx`` also writes ``onnx/model.onnx`` (dynamic batch and length, ALiBi built in the graph, mean
+pooled ``sentence_embedding`` output; ``--onnx_pooling none`` for hidden states only, ``--onnx_fp16`` adds
+``onnx/model_fp16.onnx``) from the exported weights, for onnxruntime / transformers.js
+(``bilingual.export.onnx_export``; needs onnx and onnxruntime, the test/export extra).
 ``--out`` may hold other files (a cloned Hub repository's ``.git/``, notes): they are kept. Without
 ``--overwrite`` an ``--out`` that already holds a file an export writes is refused; with it, exactly those
 files are replaced (``bilingual.export.hf_export.write_model_dir``).
@@ -44,16 +48,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files of an earlier export at --out (other files there are kept)")
     parser.add_argument("--name", default=None, help="model name for the model card (default: the --out name)")
+    parser.add_argument("--format", default="hf", choices=("hf", "onnx"),
+                        help="hf: the Hugging Face directory; onnx: the same plus onnx/model.onnx")
+    parser.add_argument("--onnx_pooling", default="mean", choices=("mean", "none"),
+                        help="with --format onnx: add the mean-pooled sentence_embedding output (default) or not")
+    parser.add_argument("--onnx_fp16", action="store_true", help="with --format onnx: also write onnx/model_fp16.onnx")
     return parser.parse_args(argv)
 
 
 @cli.entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.format == "onnx":
+        from bilingual.export.onnx_export import require_onnx
+
+        require_onnx()  # before any work: names the missing packages
     root, step = resolve_step(args.checkpoint)
     meta = load_meta(root / str(step))
     mlm_params = None
     if meta.get("model") == "sequence_classification":
+        if args.format == "onnx":
+            raise ExportError("--format onnx exports encoders (sentence embeddings); this checkpoint is a "
+                              "sequence classifier: export it with --format hf")
         config, head, meta, params = load_classifier(root / str(step))
         out = export_classifier(config, head, params, args.out, tokenizer_dir=args.tokenizer,
                                 labels=meta.get("labels"), dtype=args.dtype, auto_map=args.auto_map,
@@ -75,6 +91,12 @@ def main(argv=None) -> int:
     size = (pathlib.Path(out) / "model.safetensors").stat().st_size
     print(f"exported step {step} of {root} ({meta.get('model')}{' + MLM head' if mlm_params else ''}) to {out}: "
           f"model.safetensors {size / 2**20:.1f} MiB ({args.dtype}), auto_map={args.auto_map}")
+    if args.format == "onnx":
+        from bilingual.export.onnx_export import export_onnx
+
+        path = export_onnx(out, pooling=args.onnx_pooling, fp16=args.onnx_fp16)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; encoder only, float32, dynamic batch and "
+              f"length, pooling={args.onnx_pooling}){' and model_fp16.onnx' if args.onnx_fp16 else ''}")
     return 0
 
 

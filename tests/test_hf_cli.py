@@ -137,3 +137,24 @@ def test_import_module_runs_as_a_script(tmp_path):
                            str(tmp_path / "ckpt")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "position_embedding_type must be 'alibi'" in proc.stderr
+
+
+def test_export_in_onnx_format(setup):
+    """--format onnx adds onnx/model.onnx (here from a masked-LM checkpoint: the encoder part, read from the
+    bert.-prefixed names); onnxruntime matches the Flax encoder (1e-5: float32 on both sides, see
+    test_onnx_export.py). A later --format hf export over it removes the then stale onnx/."""
+    pytest.importorskip("onnxruntime")
+    from bilingual.export.onnx_export import session
+
+    base, config, params = setup
+    out = base / "hf_onnx"
+    assert export_cli.main(["--checkpoint", str(base / "mlm_ckpt"), "--tokenizer", str(base / "tokenizer"),
+                            "--out", str(out), "--mlm_head", "--format", "onnx"]) == 0
+    ids, mask = np.array([[0, 7, 9, 11, 2], [0, 8, 2, 1, 1]]), np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    (embedding,) = session(out / "onnx" / "model.onnx").run(["sentence_embedding"],
+                                                            {"input_ids": ids, "attention_mask": mask})
+    _, flax_embedding = H.flax_encoder(config, params["bert"], ids, mask)
+    np.testing.assert_allclose(embedding, H.normalise(flax_embedding), atol=1e-5, rtol=0)
+    assert export_cli.main(["--checkpoint", str(base / "enc_ckpt"), "--tokenizer", str(base / "tokenizer"),
+                            "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "onnx").exists()

@@ -7,7 +7,8 @@ The directory holds::
                                     (jina-bert-implementation or jina-bert-v2-qk-post-norm names)
     configuration_bert.py           the project's PyTorch JinaBERT (auto_map="local" only)
     modeling_bert.py
-    tokenizer.json, ...             copied from the tokenizer directory given
+    tokenizer.json, ...             copied from the tokenizer directory given, in the form tokenizers 0.19+
+                                    and transformers 4.40+ / 5.x all read (``_make_tokenizer_portable``)
     modules.json                    sentence-transformers: Transformer -> mean Pooling -> Normalize
     sentence_bert_config.json, 1_Pooling/config.json, 2_Normalize/, config_sentence_transformers.json
     README.md                       a short model card
@@ -23,6 +24,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 from typing import Optional
 
 import ml_dtypes
@@ -42,7 +44,8 @@ _TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
 # Every name an export may write in its directory; an export replaces these and nothing else.
 OWNED_NAMES = frozenset({*_OWN_FILES, "1_Pooling", "2_Normalize", *_TOKENIZER_MARKERS, "special_tokens_map.json",
                          "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",
-                         "sentencepiece.bpe.model", "spiece.model"})
+                         "sentencepiece.bpe.model", "spiece.model",
+                         "onnx"})  # onnx/: written by onnx_export from these weights; stale once they change
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
 
@@ -138,12 +141,28 @@ def write_model_dir(out_dir: pathlib.Path, *, overwrite: bool, tensors: dict, dt
                 shutil.copy2(HF_CODE_DIR / name, staging / name)
         for path in tokenizer_files:
             shutil.copy2(path, staging / path.name)
+        _make_tokenizer_portable(staging)
         if extra is not None:
             extra(staging)
         _install(staging, out_dir, owned | {p.name for p in staging.iterdir()})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _make_tokenizer_portable(directory: pathlib.Path) -> None:
+    """Rewrite the copied ``tokenizer.json`` / ``tokenizer_config.json`` in the forms that transformers 4.40+
+    (tokenizers 0.19) and 5.x (tokenizers 0.20+) both load (``bilingual.tokenizer.make_portable``: merges as
+    ``"left right"`` strings, no 5.x-only tokenizer class). A tokenizer whose merges have no such form (a
+    merge part containing a space; never so for byte-level BPE) is kept as it is, loadable by tokenizers >= 0.20
+    only, with a warning."""
+    from bilingual import tokenizer as tokenizer_lib
+
+    try:
+        tokenizer_lib.make_portable(directory)
+    except tokenizer_lib.TokenizerError as err:
+        warnings.warn(f"tokenizer.json kept in the tokenizers >= 0.20 form (transformers 4.x with tokenizers "
+                      f"0.19 cannot load it): {err}", stacklevel=3)
 
 
 def _write_json(path: pathlib.Path, value) -> None:
@@ -176,7 +195,7 @@ def write_sentence_transformers_files(out_dir: pathlib.Path, config: EncoderConf
 
 
 def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str) -> str:
-    code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, needs transformers >= 5)"
+    code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, runs on transformers 4.40+ and 5.x)"
             if auto_map_kind == "local" else f"the code of `{hf_config.upstream_repo(config)}` on the Hugging Face Hub")
     if config.layer_layout == "qk_post_norm":
         kind = ("BERT with LayerNorms on the query and key projections, three LayerNorms per layer, symmetric ALiBi "

@@ -1,9 +1,11 @@
 """JinaBERT in PyTorch: post-LN BERT with symmetric ALiBi and a gated (GEGLU/ReGLU) feed-forward.
 
 Shipped beside exported weights and loaded by ``transformers`` with ``trust_remote_code=True``; imports only
-torch and transformers. Written from the architecture description (``shared/spec/MODEL.md`` of the bilingual
-project), independently of the project's Flax code, and reading the state-dict layout of
-``jinaai/jina-bert-implementation`` (and, with ``config.layer_layout``, of ``jina-bert-v2-qk-post-norm``).
+torch and transformers, and only what transformers 4.40+ and 5.x both have (one code path for both: no
+``transformers.initialization``, which exists only in 5.x). Written from the architecture description
+(``shared/spec/MODEL.md`` of the bilingual project), independently of the project's Flax code, and reading the
+state-dict layout of ``jinaai/jina-bert-implementation`` (and, with ``config.layer_layout``, of
+``jina-bert-v2-qk-post-norm``).
 
 Shapes: ``B`` batch, ``L`` sequence length, ``H`` hidden size, ``N`` heads, ``D = H / N``, ``I`` intermediate.
 
@@ -28,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_outputs import (BaseModelOutputWithPooling, MaskedLMOutput, QuestionAnsweringModelOutput,
                                            SequenceClassifierOutput, TokenClassifierOutput)
 
@@ -241,12 +242,35 @@ class JinaBertPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module):
-        # transformers' ``init`` helpers skip tensors already filled from the checkpoint.
-        super()._init_weights(module)
+        """BERT's initialisation, for whatever the checkpoint does not fill (a head added on top, the
+        non-persistent ALiBi slopes), written out here so transformers 4.x and 5.x initialise alike.
+
+        transformers 5 builds the model on the meta device, loads the checkpoint, then calls this for every
+        module, having marked each loaded tensor ``_is_hf_initialized``; transformers 4 builds it on the CPU
+        and calls this only for modules with missing weights. ``_fill`` skips marked tensors, which is the
+        behaviour of 5.x's ``transformers.initialization`` helpers and a no-op difference on 4.x.
+        """
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            _fill(module.weight, lambda t: t.normal_(0.0, std))
+            if module.bias is not None:
+                _fill(module.bias, torch.Tensor.zero_)
+        elif isinstance(module, nn.Embedding):
+            _fill(module.weight, lambda t: t.normal_(0.0, std))
+        elif isinstance(module, nn.LayerNorm):
+            _fill(module.weight, torch.Tensor.fill_, 1.0)
+            _fill(module.bias, torch.Tensor.zero_)
         if isinstance(module, JinaBertEncoder):
-            init.copy_(module.alibi_slopes, alibi_slopes(self.config.num_attention_heads).float())
+            _fill(module.alibi_slopes, torch.Tensor.copy_, alibi_slopes(self.config.num_attention_heads).float())
         if isinstance(module, JinaBertLMPredictionHead):
-            init.zeros_(module.bias)
+            _fill(module.bias, torch.Tensor.zero_)
+
+
+def _fill(tensor: torch.Tensor, fill, *args) -> None:
+    """``fill(tensor, *args)`` in place, unless transformers marked the tensor as loaded from the checkpoint."""
+    if tensor is not None and not getattr(tensor, "_is_hf_initialized", False):
+        with torch.no_grad():
+            fill(tensor, *args)
 
 
 class JinaBertModel(JinaBertPreTrainedModel):
