@@ -5,8 +5,10 @@
 Each stage is the same trainer and gin run file a user would launch by hand (``gin/runs/demo_de_en_*.gin``);
 after each stage the encoder is evaluated on the bundled held-out test splits (``data/demo/eval``) and one
 table is printed at the end. The final model is exported to a Hugging Face directory, reloaded with
-sentence-transformers, and compared with the JAX embeddings. Running again with the same ``--workdir``
-reuses finished stages (checkpoints resume); ``--fresh`` starts over.
+sentence-transformers, and compared with the JAX embeddings. The last step scores the final model on the
+long-document suite ``long-de`` (passkey, needle and literature retrieval at 256 ... 8192 tokens,
+``--long-documents`` per length; 0 skips it) and prints its rows next to the short-text table. Running
+again with the same ``--workdir`` reuses finished stages (checkpoints resume); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = ROOT / "gin"
 TABLE_TASKS = ("STSb-de", "STSb-de-en", "STSb-en", "Tatoeba-de-en", "XQuAD-de-de", "XQuAD-de-en")
 STAGES = ("mlm", "pairs", "multitask")
+LONG_SUITE = "long-de"
+LONG_DOCUMENTS = 8
+DEMO_TRAINED_LENGTH = 128  # the longest rows the demo stages train on (MLM 128; pairs 64; multi-task <= 96)
 
 
 def train_tokenizer(out: pathlib.Path) -> None:
@@ -71,6 +76,18 @@ def evaluate(checkpoint, tokenizer: pathlib.Path, names=TABLE_TASKS) -> dict[str
     return {name: r["main_score"] for name, r in result["tasks"].items()}
 
 
+def evaluate_long(checkpoint, tokenizer: pathlib.Path, documents: int = LONG_DOCUMENTS, lengths=None) -> dict:
+    """The long-document suite on the bundled data: the result document of ``suites.run_suite``."""
+    from bilingual import Encoder
+    from bilingual.evaluation import suites
+    from bilingual.evaluation.configured import ConfiguredEncoder
+
+    encoder = ConfiguredEncoder(Encoder.from_checkpoint(checkpoint, tokenizer=tokenizer), batch_size=64,
+                                log=lambda m: print(f"[long] {m}", flush=True), trained_length=DEMO_TRAINED_LENGTH)
+    options = {"documents": documents, "lengths": lengths}
+    return suites.run_suite(encoder, suites.get_suite(LONG_SUITE), long_options=options)
+
+
 class _Adapter:
     def __init__(self, encoder):
         self.encoder = encoder
@@ -86,6 +103,9 @@ def main(argv=None) -> None:
     parser.add_argument("--fresh", action="store_true", help="delete the workdir first")
     parser.add_argument("--gin_bindings", action="append", default=[],
                         help="extra gin bindings for every stage, e.g. 'TrainConfig.num_steps = 20'")
+    parser.add_argument("--long-documents", type=int, default=LONG_DOCUMENTS,
+                        help=f"documents per length in the final {LONG_SUITE} step (0: skip it)")
+    parser.add_argument("--long-lengths", type=int, nargs="+", help="lengths of the final step (default 256 ... 8192)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.fresh and args.workdir.exists():
@@ -108,6 +128,15 @@ def main(argv=None) -> None:
     print(header)
     for stage, scores in rows.items():
         print(f"{stage:10s}" + "".join(f"{scores.get(name, float('nan')):15.1f}" for name in TABLE_TASKS))
+    if args.long_documents:
+        from launch.evaluate import format_long_table
+
+        long_start = time.perf_counter()
+        long = evaluate_long(previous, tokenizer, args.long_documents, args.long_lengths)
+        print(f"\nLong documents, final model (suite {LONG_SUITE}, {args.long_documents} documents per length; "
+              "passkey/needle: accuracy x100, literature: nDCG@10 x100; by length in tokens)")
+        print(format_long_table([("multitask", long)]))
+        print(f"[long] {time.perf_counter() - long_start:.0f}s")
 
     export_dir = export_and_compare(previous, tokenizer, args.workdir / "export")
     print(f"\ntotal {time.perf_counter() - start:.0f}s. Use the model:\n"

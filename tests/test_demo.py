@@ -9,8 +9,11 @@ def test_demo_runs_all_stages_and_exports(tmp_path, capsys):
     # 2 steps: the schedule follows num_steps, so its warmup must fit in them
     demo.main(["--workdir", str(tmp_path), "--gin_bindings", "TrainConfig.num_steps = 2",
                "--gin_bindings", "OptimizerConfig.warmup_steps = 1",
-               "--gin_bindings", "TrainConfig.batch_size = 8", "--gin_bindings", "TrainConfig.log_every = 1"])
+               "--gin_bindings", "TrainConfig.batch_size = 8", "--gin_bindings", "TrainConfig.log_every = 1",
+               "--long-documents", "2", "--long-lengths", "256"])
     out = capsys.readouterr().out
+    for task in ("Passkey-de", "Needle-de", "LongLit-de"):  # the final long-document step's rows
+        assert re.search(rf"^multitask\s+{task}\s+\S+\s+\d+\.\d", out, re.M), out[-2000:]
     for stage in ("mlm", "pairs", "multitask"):
         assert re.search(rf"^{stage}\s+(-?\d+\.\d\s+){{5}}-?\d+\.\d$", out, re.M), out[-2000:]
         assert (tmp_path / stage / "checkpoints" / "2").is_dir()
@@ -23,7 +26,8 @@ def test_ablation_runs_each_sts_variant(tmp_path, capsys):
     from launch import ablation
 
     demo.main(["--workdir", str(tmp_path / "demo"), "--gin_bindings", "TrainConfig.num_steps = 2",
-               "--gin_bindings", "OptimizerConfig.warmup_steps = 1", "--gin_bindings", "TrainConfig.batch_size = 8"])
+               "--gin_bindings", "OptimizerConfig.warmup_steps = 1", "--gin_bindings", "TrainConfig.batch_size = 8",
+               "--long-documents", "0"])
     ablation.main(["--pairs", str(tmp_path / "demo" / "pairs" / "checkpoints"),
                    "--tokenizer", str(tmp_path / "demo" / "tokenizer"), "--workdir", str(tmp_path / "ablation"),
                    "--seeds", "0", "1", "--gin_bindings", "TrainConfig.num_steps = 2",

@@ -18,6 +18,7 @@ from typing import Optional
 
 from bilingual.config import EncoderConfig
 from bilingual.evaluation import suites
+from bilingual.evaluation.configured import ConfiguredEncoder
 from bilingual.training.hooks import EvalHook
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,8 @@ def make_eval_hook(suite: str, data_root=None, tokenizer=None, every_n_steps: in
         else:
             encoder.set_params(params)
 
-        class Configured:
-            def encode(self, texts):
-                return encoder.encode(texts, batch_size=batch_size, max_length=max_length)
-
-        result = suites.run_suite(Configured(), tasks, root, limit=limit)
+        configured = ConfiguredEncoder(encoder, batch_size, max_length, log=logger.info)
+        result = suites.run_suite(configured, tasks, root, limit=limit)
         metrics = {f"{name}/{metric}": value for name, task in result["tasks"].items()
                    for metric, value in task["metrics"].items()}
         metrics["average"] = suites.average_main_score(result)
