@@ -103,6 +103,28 @@ class _QuietGinSearch(logging.Filter):
         return not str(record.msg).startswith(("Path not found:", "system_path_file_exists:"))
 
 
+def _guard_gin_system_path_reader() -> None:
+    """gin also looks an include up as a file inside an importable package (``resource_reader``): for
+    ``include 'models/tiny.gin'`` it asks ``importlib`` for a package ``models``, and when a namespace package of
+    that name happens to be importable (a ``models/`` directory on ``sys.path``, e.g. in the working directory)
+    its spec has no origin and gin fails with ``TypeError`` instead of going on to our search path (seen in
+    CI). Such a package holds no gin file of ours: the guarded check answers "not there"."""
+    import gin.config
+    from gin import resource_reader
+
+    original = resource_reader.system_path_file_exists
+
+    def exists(path) -> bool:
+        try:
+            return original(path)
+        except TypeError:
+            return False
+
+    exists.guarded = True
+    gin.config._FILE_READERS[:] = [(reader, exists if check is original else check)
+                                   for reader, check in gin.config._FILE_READERS]
+
+
 def parse_gin(gin_files, gin_bindings) -> None:
     """Parse files then bindings (later ones win); gin's parse errors become ``ConfigError`` naming the file
     (and gin's line, when it gives one)."""
@@ -110,6 +132,7 @@ def parse_gin(gin_files, gin_bindings) -> None:
 
     from bilingual.config import ConfigError
 
+    _guard_gin_system_path_reader()
     quiet = _QuietGinSearch()
     logging.getLogger().addFilter(quiet)
     source = None

@@ -363,3 +363,27 @@ def test_a_bad_data_state_in_a_checkpoint_names_the_step(tmp_path):
     with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(tmp_path / 'checkpoints' / '2'))}: its "
                                               r"data iterator state cannot be restored \(invalid literal"):
         train(config(4), tmp_path, SyntheticBatches(["pairs"]))
+
+
+def test_gin_include_survives_an_importable_namespace_package_of_the_same_name(tmp_path, monkeypatch):
+    """A ``models/`` directory on ``sys.path`` makes ``models`` a namespace package; gin's package reader then
+    failed with TypeError on ``include 'models/tiny.gin'`` before trying our search path (CI, 2026-12-02)."""
+    import importlib.util
+
+    import gin
+
+    from launch import cli, configurables  # noqa: F401  (registers the configurables tiny.gin binds)
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert importlib.util.find_spec("models").origin is None  # the condition that broke gin
+    run = tmp_path / "run.gin"
+    run.write_text("include 'models/tiny.gin'\n")
+    gin.clear_config()
+    gin.add_config_file_search_path(str(ROOT / "gin"))
+    try:
+        cli.parse_gin([str(run)], [])
+        assert gin.query_parameter("encoder.preset") == "tiny"
+    finally:
+        gin.clear_config()

@@ -97,7 +97,10 @@ def contrastive_views(task_type: str, batch) -> dict:
 
 def packed_batch_error(task_type: str, batch_shapes, groups: int, chunks: int):
     """None, or why a packed batch of these (global) shapes cannot be split over ``groups`` batch shards x
-    ``chunks`` GradCache chunks (its pack units must be a multiple of both), naming the gin key."""
+    ``chunks`` GradCache chunks (its pack units must be a multiple of both), naming the gin key. Task types
+    outside the table (a fine-tuning head's batches) are never packed."""
+    if task_type not in task_types.TASK_TYPES:
+        return None
     spec = task_types.layout_of(task_type, batch_shapes)
     if not spec.packed:
         return None
