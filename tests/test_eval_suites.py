@@ -4,17 +4,13 @@ the trainer hook."""
 import hashlib
 import json
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import HashingVectorizer
 
-from tokenizer_fixture import build_tokenizer, tokenizer_dir
+from tokenizer_fixture import tokenizer_dir, write_tiny_checkpoint
 from bilingual.encoder_api import bucket_length
-from bilingual import JinaBert, get_config
-from bilingual.artifacts import save_model as save_encoder
 from bilingual.evaluation import suites
 from bilingual.evaluation.hook import make_eval_hook
 from bilingual.training.hooks import StepEvent
@@ -93,10 +89,8 @@ def test_suite_definition_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    config = get_config("tiny", vocab_size=len(build_tokenizer()))
-    params = nn.meta.unbox(JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     path = tmp_path_factory.mktemp("ckpt")
-    save_encoder(path, 10, config, params, tokenizer=tokenizer_dir())
+    config, params = write_tiny_checkpoint(path)
     return path, config, params
 
 

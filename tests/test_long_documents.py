@@ -6,15 +6,11 @@ import json
 import pathlib
 import re
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokenizer_fixture import build_tokenizer, tokenizer_dir
-from bilingual import JinaBert, get_config
-from bilingual.artifacts import save_model
+from tokenizer_fixture import build_tokenizer, write_tiny_checkpoint
+from bilingual import get_config
 from bilingual.evaluation import long_documents as ld
 from bilingual.evaluation import suites
 from bilingual.evaluation.configured import ConfiguredEncoder
@@ -243,10 +239,8 @@ def test_runner_says_when_it_truncates_and_warns_once_above_the_trained_length()
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    config = get_config("tiny", vocab_size=len(build_tokenizer()))
-    params = nn.meta.unbox(JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     path = tmp_path_factory.mktemp("ckpt")
-    save_model(path, 10, config, params, tokenizer=tokenizer_dir())
+    config, params = write_tiny_checkpoint(path)
     return path
 
 

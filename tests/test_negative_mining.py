@@ -3,15 +3,10 @@ its seeded sampling, and ``launch.mine_negatives`` end to end on the bundled Ger
 
 import json
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokenizer_fixture import build_tokenizer, tokenizer_dir
-from bilingual import JinaBert, get_config
-from bilingual.artifacts import save_model
+from tokenizer_fixture import write_tiny_checkpoint
 from bilingual.encoder_api import Encoder
 from bilingual.negative_mining import MiningConfig, mine, normalize_text
 from launch import mine_negatives
@@ -129,10 +124,8 @@ def test_bad_settings_name_the_option():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    config = get_config("tiny", vocab_size=len(build_tokenizer()))
-    params = nn.meta.unbox(JinaBert(config).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     path = tmp_path_factory.mktemp("ckpt")
-    save_model(path, 10, config, params, tokenizer=tokenizer_dir())
+    config, params = write_tiny_checkpoint(path)
     return path
 
 

@@ -45,3 +45,19 @@ def tokenizer_dir() -> pathlib.Path:
     directory = pathlib.Path(tempfile.mkdtemp(prefix="bilingual-test-tokenizer-"))
     build_tokenizer().save_pretrained(str(directory))
     return directory
+
+
+def write_tiny_checkpoint(path: pathlib.Path, seed: int = 0):
+    """An untrained ``tiny`` encoder saved at ``path`` as step 10 with the fixture tokenizer; its
+    ``(config, params)``. For tests that load a checkpoint the way a user does (``Encoder.from_checkpoint``)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from bilingual import JinaBert, get_config
+    from bilingual.artifacts import save_model
+
+    config = get_config("tiny", vocab_size=len(build_tokenizer()))
+    params = nn.meta.unbox(JinaBert(config).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
+    save_model(path, 10, config, params, tokenizer=tokenizer_dir())
+    return config, params
