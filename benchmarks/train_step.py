@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bilingual import flops, get_config, sharding, task_types  # noqa: E402
+from bilingual import flops, get_config, sharding, task_types, text_identity  # noqa: E402
 from bilingual.optim import OptimizerConfig, make_optimizer  # noqa: E402
 from bilingual.training import objectives, sharded, steps  # noqa: E402
 
@@ -61,6 +61,7 @@ def pair_batch(batch, length, vocab, rng):
     for ids_key, mask_key in PAIRS.views.values():
         out[ids_key] = rng.integers(5, vocab, (batch, length), dtype=PAIRS.arrays[ids_key][1])
         out[mask_key] = np.ones_like(out[ids_key])
+    out.update({key: text_identity.distinct_keys(batch, name=key) for key in PAIRS.text_keys.values()})
     PAIRS.check_batch(out, batch, dict.fromkeys(PAIRS.sides, length))
     return out
 

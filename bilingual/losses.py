@@ -50,20 +50,65 @@ def mlm_loss(logits, targets, weights):
     return loss, {"mlm_accuracy": accuracy, "mlm_tokens": total}
 
 
-def bidirectional_info_nce(queries, passages, temperature: float = DEFAULT_TEMPERATURE):
+def same_text(a_keys, b_keys):
+    """``[Ba, W], [Bb, W] -> [Ba, Bb]`` bool: the texts' keys are equal (``bilingual.text_identity``).
+    With keys ``[B, m, W]`` the leading dims are flattened first."""
+    a_keys, b_keys = a_keys.reshape(-1, a_keys.shape[-1]), b_keys.reshape(-1, b_keys.shape[-1])
+    return jnp.all(a_keys[:, None, :] == b_keys[None, :, :], axis=-1)
+
+
+def false_negatives(query_keys, passage_keys):
+    """``[B, B]`` bool, ``M[i, j]`` (``j != i``): passage ``j`` is no negative of query ``i`` because it is the
+    same text as passage ``i`` or as query ``i``, or because query ``j`` is the same text as query ``i`` (so
+    passage ``j`` answers it too). The diagonal is False. The same matrix, transposed, says which queries are
+    no negatives of passage ``i`` (the relation is symmetric in queries and passages), so both directions of
+    the InfoNCE use it."""
+    mask = (same_text(passage_keys, passage_keys) | same_text(query_keys, passage_keys)
+            | same_text(query_keys, query_keys))
+    return mask & ~jnp.eye(mask.shape[0], dtype=bool)
+
+
+def false_negative_masks(query_keys, passage_keys, negative_keys=None):
+    """The masks the InfoNCE losses apply: ``false_negatives`` ``[B, B]`` and, with ``negative_keys``
+    ``[B, m, W]``, ``[B, B*m]``: negative ``n`` is the same text as query ``i`` or its positive (else None)."""
+    pairs = false_negatives(query_keys, passage_keys)
+    if negative_keys is None:
+        return pairs, None
+    return pairs, same_text(passage_keys, negative_keys) | same_text(query_keys, negative_keys)
+
+
+def _masked(logits, mask):
+    """``logits`` with the masked entries at -1e30 (exp underflows to exactly 0; no NaN as -inf would give
+    in a fully masked row, which cannot happen here as the positive is never masked)."""
+    return logits if mask is None else jnp.where(mask, jnp.float32(-1e30), logits)
+
+
+def _mask_metrics(*masks):
+    present = [m for m in masks if m is not None]
+    return {"masked_false_negatives": sum(jnp.sum(m).astype(jnp.float32) for m in present)} if present else {}
+
+
+def bidirectional_info_nce(queries, passages, temperature: float = DEFAULT_TEMPERATURE, query_keys=None,
+                           passage_keys=None):
     """``L_NCE(B) + L_NCE(B^dagger)``: query-to-passage plus passage-to-query (TRAINING.md, stage 2).
+
+    ``query_keys``, ``passage_keys``: ``[B, W]`` int32 text keys (``bilingual.text_identity``) or None. With
+    them, in-batch pairs of the same text are masked out of both softmaxes (``false_negatives``) and counted
+    as ``masked_false_negatives``.
 
     Returns ``(loss, metrics)`` with the in-batch top-1 accuracy of the query-to-passage direction.
     """
-    sims = cosine_matrix(queries, passages) / temperature  # [B, B]
+    mask = None if query_keys is None else false_negatives(query_keys, passage_keys)
+    sims = _masked(cosine_matrix(queries, passages) / temperature, mask)  # [B, B]
     labels = jnp.arange(queries.shape[0])
     forward = -jnp.mean(jax.nn.log_softmax(sims, axis=1)[labels, labels])
     backward = -jnp.mean(jax.nn.log_softmax(sims, axis=0)[labels, labels])
     accuracy = jnp.mean(jnp.argmax(sims, axis=1) == labels)
-    return forward + backward, {"in_batch_accuracy": accuracy}
+    return forward + backward, {"in_batch_accuracy": accuracy, **_mask_metrics(mask)}
 
 
-def info_nce_with_negatives(queries, passages, negatives, temperature: float = DEFAULT_TEMPERATURE):
+def info_nce_with_negatives(queries, passages, negatives, temperature: float = DEFAULT_TEMPERATURE,
+                            query_keys=None, passage_keys=None, negative_keys=None):
     """Retrieval loss with hard negatives (TRAINING.md, stage 3).
 
     ``L = mean_i -log( e^{s(q_i,p_i)/t} / (sum_j e^{s(q_i,p_j)/t} + sum_j sum_l e^{s(q_i,n_jl)/t}) )
@@ -72,18 +117,25 @@ def info_nce_with_negatives(queries, passages, negatives, temperature: float = D
     Args:
       queries, passages: ``[B, H]``.
       negatives: ``[B, m, H]``; every query sees all ``B * m`` negatives of the (global) batch.
+      query_keys, passage_keys ``[B, W]``, negative_keys ``[B, m, W]``: text keys, or None. With them the
+        in-batch passages and queries of ``false_negatives`` are masked, and so is every negative that is
+        the same text as query ``i`` or its positive (for query ``i``); all counted as
+        ``masked_false_negatives``.
     Returns ``(loss, metrics)``.
     """
     batch = queries.shape[0]
     flat_negatives = negatives.reshape(-1, negatives.shape[-1])
-    q_to_p = cosine_matrix(queries, passages) / temperature            # [B, B]
-    q_to_n = cosine_matrix(queries, flat_negatives) / temperature      # [B, B*m]
+    pair_mask = negative_mask = None
+    if query_keys is not None:
+        pair_mask, negative_mask = false_negative_masks(query_keys, passage_keys, negative_keys)
+    q_to_p = _masked(cosine_matrix(queries, passages) / temperature, pair_mask)            # [B, B]
+    q_to_n = _masked(cosine_matrix(queries, flat_negatives) / temperature, negative_mask)  # [B, B*m]
     labels = jnp.arange(batch)
     forward_logits = jnp.concatenate([q_to_p, q_to_n], axis=1)
     forward = -jnp.mean(jax.nn.log_softmax(forward_logits, axis=1)[labels, labels])
     backward = -jnp.mean(jax.nn.log_softmax(q_to_p.T, axis=1)[labels, labels])
     accuracy = jnp.mean(jnp.argmax(forward_logits, axis=1) == labels)
-    return forward + backward, {"in_batch_accuracy": accuracy}
+    return forward + backward, {"in_batch_accuracy": accuracy, **_mask_metrics(pair_mask, negative_mask)}
 
 
 def negative_pearson(predicted, gold):

@@ -31,20 +31,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import re
-import unicodedata
 from typing import Optional, Sequence
 
 import numpy as np
 
+from bilingual.text_identity import normalize_text  # noqa: F401  (re-exported: the miner's notion of equal)
+
 SAMPLING = ("top", "random")
 EXACT_LIMIT = 100_000
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """The form two texts are compared in for "equal": NFKC, case-folded, whitespace runs as one space."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
 @dataclasses.dataclass(frozen=True)

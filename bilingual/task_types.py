@@ -12,8 +12,10 @@ masks int32 (1 on real tokens, 0 on padding):
 
 * ``mlm``: ``input_ids``, ``attention_mask``, ``segment_ids``, ``targets`` [B, Lt] int32, ``loss_weights``
   [B, Lt] float32; no views (the MLM step runs the encoder and head itself).
-* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp].
-* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln].
+* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp]; ``query_key``,
+  ``passage_key`` [B, W] int32 (dim ``"key_words"``, W = 2): each text's identity key
+  (``bilingual.text_identity``), which the losses compare to mask in-batch false negatives.
+* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln] and ``negative_key`` [B, m, W].
 * ``sts``: ``a_ids``, ``a_mask`` [B, La]; ``b_ids``, ``b_mask`` [B, Lb] with ``La == Lb``; ``score`` [B] float32.
 
 Packed layout (``get(name, packed=True)``; ``bilingual.packing``): every view ``v`` of side ``s`` is a block
@@ -21,7 +23,8 @@ of whole texts instead of padded rows: ``v_ids``, ``v_segments`` [U, Rs, Ls] int
 ``"<side>_rows"``, the side's row length = its sequence length) and ``v_lengths`` with the view's text dims
 (``[B]``, negatives ``[B, m]``) int32, the framed length of each text. The texts, flattened in row-major
 order, are split into ``U`` pack units of consecutive texts; in unit ``u`` the ``i``-th text carries segment
-id ``i + 1`` (0 = padding), which is the index of its segment. Scalars (STS ``score``) are as above.
+id ``i + 1`` (0 = padding), which is the index of its segment. Scalars (STS ``score``) and text keys are as
+above.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ import numpy as np
 
 from bilingual import flops, losses
 from bilingual.config import EncoderConfig
+from bilingual.text_identity import KEY_WORDS
 
 if TYPE_CHECKING:
     from bilingual.training.steps import StepConfig
 
 I32, F32 = np.dtype(np.int32), np.dtype(np.float32)
-SIZE_DIMS = ("batch", "num_negatives", "pack_units")  # and "<side>_rows"; every other dim is a length key
+SIZE_DIMS = ("batch", "num_negatives", "pack_units", "key_words")  # and "<side>_rows"; other dims: length keys
 ROWS_SUFFIX = "_rows"
 
 
@@ -91,6 +95,12 @@ class TaskType:
         in_views = {k for keys in self.views.values() for k in keys}
         return tuple(k for k, (dims, _) in self.arrays.items() if dims == ("batch",) and k not in in_views)
 
+    @property
+    def text_keys(self) -> dict[str, str]:
+        """View -> the key of its texts' identity keys (``<view>_key``, ``[B, W]`` / ``[B, m, W]`` int32 from
+        ``bilingual.text_identity``), for the views that carry them (pairs and retrieval)."""
+        return {name: f"{name}_key" for name in self.views if f"{name}_key" in self.arrays}
+
     def view_sides(self) -> dict[str, tuple[str, bool]]:
         """View -> (its side, whether it is nested ``[B, m]`` texts per row, i.e. hard negatives)."""
         return {name: (self.arrays[keys[0]][0][-1], "num_negatives" in self.arrays[keys[-1]][0])
@@ -125,7 +135,7 @@ class TaskType:
         ``bilingual.packing.PackingConfig`` for the packed layout (its ``units`` are the global batch's).
         """
         self.check_lengths(lengths)
-        sizes = {**lengths, "batch": batch_size, "num_negatives": num_negatives}
+        sizes = {**lengths, "batch": batch_size, "num_negatives": num_negatives, "key_words": KEY_WORDS}
         if self.packed:
             sizes.update(self.packed_sizes(batch_size, lengths, num_negatives, packing.global_units(), packing))
         missing = [d for dims, _ in self.arrays.values() for d in dims if not sizes.get(d)]
@@ -142,7 +152,7 @@ class TaskType:
         if set(batch) != set(self.arrays):
             raise ValueError(f"a {self.name} batch has keys {sorted(batch)}; the table has {sorted(self.arrays)}")
         self.check_lengths(lengths)
-        sizes = {**lengths, **(sizes or {}), "batch": batch_size}
+        sizes = {**lengths, **(sizes or {}), "batch": batch_size, "key_words": KEY_WORDS}
         for key, (dims, dtype) in self.arrays.items():
             shape, got = tuple(np.shape(batch[key])), np.dtype(batch[key].dtype)
             if got != dtype or len(shape) != len(dims) or any(sizes.setdefault(d, n) != n for d, n in zip(dims, shape)):
@@ -175,20 +185,34 @@ def _ids_and_mask(prefix: str, *dims: str) -> dict[str, tuple[tuple[str, ...], n
     return {f"{prefix}_ids": (dims, I32), f"{prefix}_mask": (dims, I32)}
 
 
+def _keys(batch, *names):
+    """The text keys of ``batch`` for views ``names`` as loss keyword arguments (none when the batch has none:
+    shape-only batches of a benchmark, or ``StepConfig.mask_false_negatives = False``)."""
+    return {f"{n}_keys": batch[f"{n}_key"] for n in names if f"{n}_key" in batch}
+
+
 def _bind_pairs(loss, batch, config):
-    return lambda e: loss(e["query"], e["passage"], config.temperature)
+    keys = _keys(batch, "query", "passage") if config.mask_false_negatives else {}
+    return lambda e: loss(e["query"], e["passage"], config.temperature, **keys)
 
 
 def _bind_retrieval(loss, batch, config):
     batch_size, m = (batch["negative_lengths"] if "negative_lengths" in batch else batch["negative_ids"]).shape[:2]
-    return lambda e: loss(e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), config.temperature)
+    keys = _keys(batch, "query", "passage", "negative") if config.mask_false_negatives else {}
+    return lambda e: loss(e["query"], e["passage"], e["negative"].reshape(batch_size, m, -1), config.temperature,
+                          **keys)
 
 
 def _bind_sts(loss, batch, config):
     return lambda e: loss(e["a"], e["b"], batch["score"], config.sts_loss)
 
 
-_PAIR_ARRAYS = {**_ids_and_mask("query", "batch", "query"), **_ids_and_mask("passage", "batch", "passage")}
+def _text_key(view: str, *dims: str) -> dict[str, tuple[tuple[str, ...], np.dtype]]:
+    return {f"{view}_key": ((*dims, "key_words"), I32)}
+
+
+_PAIR_ARRAYS = {**_ids_and_mask("query", "batch", "query"), **_ids_and_mask("passage", "batch", "passage"),
+                **_text_key("query", "batch"), **_text_key("passage", "batch")}
 _PAIR_VIEWS = {"query": ("query_ids", "query_mask"), "passage": ("passage_ids", "passage_mask")}
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
@@ -197,7 +221,8 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
                      "loss_weights": (("batch", "text"), F32)},
              views={}, loss=losses.mlm_loss),
     TaskType("pairs", _PAIR_ARRAYS, _PAIR_VIEWS, losses.bidirectional_info_nce, _bind_pairs),
-    TaskType("retrieval", {**_PAIR_ARRAYS, **_ids_and_mask("negative", "batch", "num_negatives", "negatives")},
+    TaskType("retrieval", {**_PAIR_ARRAYS, **_ids_and_mask("negative", "batch", "num_negatives", "negatives"),
+                           **_text_key("negative", "batch", "num_negatives")},
              {**_PAIR_VIEWS, "negative": ("negative_ids", "negative_mask")}, losses.info_nce_with_negatives,
              _bind_retrieval),
     TaskType("sts", {**_ids_and_mask("a", "batch", "a"), **_ids_and_mask("b", "batch", "b"),

@@ -20,7 +20,8 @@ import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
 from launch import cli  # noqa: E402
-from tasks import batching, demo, run_data  # noqa: E402
+from tasks import batching, demo, mixtures, run_data  # noqa: E402
+from tasks import preprocessors as pp  # noqa: E402
 
 
 def _text(vocab, ids, mask) -> str:
@@ -58,6 +59,29 @@ def describe(batch: dict, vocab, rows: int = 2, width: int = 160) -> list[str]:
     return lines
 
 
+def count_false_negatives(name: str, batch_size: int, seed: int, lengths: dict, dedup_window: int = 1) -> str:
+    """One epoch of each pairs / retrieval task of ``name`` in batches of ``batch_size``: how many in-batch
+    pairs the losses mask (``bilingual.losses.false_negative_masks`` on the batches' text keys), per task."""
+    from bilingual import losses
+
+    counts = {}
+    for task in mixtures.resolve(name, "train")[0]:
+        if pp.task_type_of(task.output_features) not in ("pairs", "retrieval"):
+            continue
+        masked = batches = 0
+        with batching.make_batch_iterator(name, batch_size=batch_size, seed=seed, sequence_lengths=lengths,
+                                          rates={task.name: 1.0}, num_epochs=1, prefetch=0,
+                                          dedup_window=dedup_window) as it:
+            for batch in it:
+                pair_mask, negative_mask = losses.false_negative_masks(
+                    batch["query_key"], batch["passage_key"], batch.get("negative_key"))
+                masked += int(np.sum(pair_mask)) + (0 if negative_mask is None else int(np.sum(negative_mask)))
+                batches += 1
+        counts[task.name] = (masked, batches)
+    return (f"masked in-batch false negatives of {name!r} (batch {batch_size}, dedup_window {dedup_window}, one "
+            "epoch): " + ", ".join(f"{t} {m} in {b} batches" for t, (m, b) in counts.items()))
+
+
 @cli.entry_point
 def main(argv=None) -> list[str]:
     parser = cli.parser(__doc__)
@@ -69,6 +93,10 @@ def main(argv=None) -> list[str]:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--length", type=int, default=128, help="every sequence length (MLM row, query, ...)")
+    parser.add_argument("--false_negatives", action="store_true",
+                        help="instead: one pass over each pairs / retrieval task, counting the in-batch pairs the "
+                             "losses mask (texts equal to the positive) at --batch_size")
+    parser.add_argument("--dedup_window", type=int, default=1, help="the sampler's data.options['dedup_window']")
     args = parser.parse_args(argv)
     if args.gin_file:
         with gin.unlock_config():
@@ -80,7 +108,12 @@ def main(argv=None) -> list[str]:
     else:
         parser.error("give --tokenizer (demo tasks) or --gin_file")
     lengths = {k: args.length for k in ("text", "query", "passage", "negatives", "a", "b")}
-    it = batching.make_batch_iterator(args.name, batch_size=args.batch_size, seed=args.seed, sequence_lengths=lengths)
+    if args.false_negatives:
+        lines = [count_false_negatives(args.name, args.batch_size, args.seed, lengths, args.dedup_window)]
+        print(lines[0])
+        return lines
+    it = batching.make_batch_iterator(args.name, batch_size=args.batch_size, seed=args.seed, sequence_lengths=lengths,
+                                      dedup_window=args.dedup_window)
     lines = []
     for _ in range(args.batches):
         batch = next(it)

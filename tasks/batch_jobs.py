@@ -32,6 +32,7 @@ import numpy as np
 from grain.experimental import index_shuffle
 
 from bilingual import packing as packer
+from bilingual import text_identity as identity
 from bilingual import tokenizer as bpe
 
 SHUFFLE_ROUNDS = 4  # grain's default for its own shuffles
@@ -120,13 +121,16 @@ def pad_to(rows: list[np.ndarray], length: int, pad_id: int = bpe.PAD_ID) -> tup
 class View:
     """One encoder input of a contrastive batch: ``ids_key``/``mask_key`` from feature ``side``, ``[B, L]``
     or, ``nested``, ``[B, m, L]`` (hard negatives). Packed (``lengths_key`` set): ``mask_key`` is the segment
-    ids' key, both ``[units, rows, L]``, and ``lengths_key`` the texts' lengths ``[B]`` / ``[B, m]``."""
+    ids' key, both ``[units, rows, L]``, and ``lengths_key`` the texts' lengths ``[B]`` / ``[B, m]``.
+    ``text_key``: the key of the texts' identity keys ``[B, W]`` / ``[B, m, W]`` (``bilingual.text_identity``,
+    computed from the raw text), or None."""
 
     ids_key: str
     mask_key: str
     side: str
     nested: bool
     lengths_key: Optional[str] = None
+    text_key: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +148,36 @@ class ContrastiveJob:
     scalars: tuple[tuple[str, str], ...]  # (key, numpy dtype name)
     lengths: tuple[tuple[str, int], ...]
     packing: Optional[tuple[int, tuple[tuple[str, int], ...]]] = None  # (units, ((side, rows per unit), ...))
+    dedup_window: int = 1
+
+    def examples(self, j: int) -> list:
+        """The records of batch ``j``: positions ``first ... first + B - 1``, or with ``dedup_window`` W > 1
+        this batch's share of its window's positions as ``dedup_deal`` deals them (windows of W batches
+        counted from position 0, so the deal is a function of the batch's position only: resuming
+        anywhere gives the same batches)."""
+        first = self.start + j * self.batch_size
+        if self.dedup_window <= 1:
+            return [self.records[self.order.record(p)] for p in range(first, first + self.batch_size)]
+        index = first // self.batch_size
+        window_first = (index - index % self.dedup_window) * self.batch_size
+        count = self.dedup_window
+        if self.order.limit is not None:  # the last window of a finite order holds only whole batches
+            count = min(count, (self.order.limit - window_first) // self.batch_size)
+        window = [self.records[self.order.record(p)]
+                  for p in range(window_first, window_first + count * self.batch_size)]
+        deal = dedup_deal([self._texts_of(e) for e in window], self.batch_size)
+        return [window[i] for i in deal[index % self.dedup_window]]
+
+    def _texts_of(self, example) -> set:
+        texts = set()
+        for view in self.views:
+            if view.text_key is not None:
+                value = example[view.side]
+                texts.update(value if view.nested else [value])
+        return set(identity.text_keys(sorted(texts)).view(np.int64)[:, 0].tolist()) if texts else set()
 
     def __call__(self, j: int) -> dict[str, np.ndarray]:
-        first = self.start + j * self.batch_size
-        examples = [self.records[self.order.record(p)] for p in range(first, first + self.batch_size)]
+        examples = self.examples(j)
         lengths = dict(self.lengths)
         batch: dict[str, np.ndarray] = {}
         for view in self.views:
@@ -157,6 +187,9 @@ class ContrastiveJob:
                 if any(len(t) != m for t in texts):
                     raise ValueError(f"task {self.task!r}: examples carry different numbers of {view.side}")
                 texts = [t for group in texts for t in group]
+            if view.text_key is not None:
+                keys = identity.text_keys(texts)
+                batch[view.text_key] = keys.reshape((len(examples), m, -1) if view.nested else keys.shape)
             rows = [frame(ids, lengths[view.side]) for ids in self.encoder.encode(texts)]
             if view.lengths_key is not None:
                 units, unit_rows = self.packing[0], dict(self.packing[1])
@@ -179,6 +212,27 @@ class ContrastiveJob:
         for key, dtype in self.scalars:
             batch[key] = np.array([e[key] for e in examples], dtype)
         return batch
+
+
+def dedup_deal(texts: Sequence[set], batch_size: int) -> list[list[int]]:
+    """Deals a window of ``len(texts) = W * batch_size`` examples into W batches so that examples sharing a
+    text (``texts[i]``: the identity keys of example ``i``'s texts) land in different batches where they can.
+
+    Greedy, in example order: example ``i`` goes to the first batch, counting from its own (``i //
+    batch_size``) cyclically, that has room and holds none of its texts; when every batch with room holds
+    one, to the first with room. Returns each batch's example indices in example order. Deterministic.
+    """
+    count = len(texts) // batch_size
+    batches: list[list[int]] = [[] for _ in range(count)]
+    seen: list[set] = [set() for _ in range(count)]
+    for i, keys in enumerate(texts):
+        home = min(i // batch_size, count - 1)
+        order = [(home + k) % count for k in range(count)]
+        open_ = [b for b in order if len(batches[b]) < batch_size]
+        target = next((b for b in open_ if not (keys & seen[b])), open_[0])
+        batches[target].append(i)
+        seen[target] |= keys
+    return [sorted(b) for b in batches]
 
 
 @dataclasses.dataclass(frozen=True)

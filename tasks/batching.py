@@ -14,8 +14,9 @@ by ``<pad>`` (id 1); arrays always have the configured shapes, so the trainer co
 * ``mlm``: ``input_ids``, ``attention_mask``, ``segment_ids`` [B, L] (packed pieces numbered 1..k per row,
   0 = padding), ``targets`` [B, L] (original ids), ``loss_weights`` [B, L] float32 (1.0 on every selected
   position: masked, randomly replaced and unchanged alike). ``L = sequence_lengths["text"]``.
-* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp].
-* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln].
+* ``pairs``: ``query_ids``, ``query_mask`` [B, Lq]; ``passage_ids``, ``passage_mask`` [B, Lp]; ``query_key``,
+  ``passage_key`` [B, 2] (the texts' identity keys, ``bilingual.text_identity``: equal texts, equal keys).
+* ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln] and ``negative_key`` [B, m, 2].
 * ``sts``: ``a_ids``, ``a_mask``, ``b_ids``, ``b_mask`` [B, La=Lb]; ``score`` [B] float32.
 
 Semantics:
@@ -161,11 +162,12 @@ class TaskStream:
 
     def __init__(self, task: seqio.Task, task_type: str, split: str, order: batch_jobs.ExampleOrder,
                  lengths: Mapping[str, int], batch_size: int, num_workers: int, worker_buffer: int,
-                 packing: Optional[tuple] = None):
+                 packing: Optional[tuple] = None, dedup_window: int = 1):
         self.task, self.task_type, self.split, self.order = task, task_type, split, order
         self.lengths, self.batch_size = dict(lengths), batch_size
         self.num_workers, self.worker_buffer = num_workers, worker_buffer
         self.packing = packing  # None or (units, ((side, rows per unit), ...)) of this host's batches
+        self.dedup_window = dedup_window
         self.position, self.offset = 0, 0
         self._iterator = None
         self._documents: list[np.ndarray] = []  # MLM: tokenised documents from `position` on
@@ -200,12 +202,12 @@ class TaskStream:
         else:
             spec = task_types.get(self.task_type, packed=self.packing is not None)
             sides = spec.view_sides()
-            views = tuple(batch_jobs.View(keys[0], keys[1], *sides[name], keys[2] if spec.packed else None)
-                          for name, keys in spec.views.items())
+            views = tuple(batch_jobs.View(keys[0], keys[1], *sides[name], keys[2] if spec.packed else None,
+                                          spec.text_keys.get(name)) for name, keys in spec.views.items())
             scalars = tuple((key, np.dtype(spec.arrays[key][1]).name) for key in spec.scalars)
             job = batch_jobs.ContrastiveJob(self.task.name, records_, self.order, encoder, self.batch_size,
                                             self.position, views, scalars, tuple(sorted(self.lengths.items())),
-                                            self.packing)
+                                            self.packing, self.dedup_window)
             jobs = ENDLESS_JOBS if limit is None else (limit - self.position) // self.batch_size
         # one reading thread and a short read-ahead: grain's defaults (16 threads, 500 jobs ahead) make the
         # threads of a worker fight over the GIL and spend CPU on far-future jobs (measured: 7x slower)
@@ -261,7 +263,8 @@ class BatchIterator:
     def __init__(self, name: str, tasks: list[seqio.Task], rates: np.ndarray, *, split: str, batch_size: int,
                  seed: int, sequence_lengths: Mapping[str, int], shard_index: int, num_shards: int,
                  shuffle: bool, num_epochs: int | None, mlm_rate: float, num_workers: int = 0,
-                 worker_buffer: int = 2, prefetch: int = 2, packing: Optional[packer.PackingConfig] = None):
+                 worker_buffer: int = 2, prefetch: int = 2, packing: Optional[packer.PackingConfig] = None,
+                 dedup_window: int = 1):
         self.name, self.tasks, self.split = name, tasks, split
         self.probabilities = rates / rates.sum()
         self.batch_size, self.seed, self.lengths = batch_size, seed, dict(sequence_lengths)
@@ -269,7 +272,7 @@ class BatchIterator:
         self.shuffle, self.num_epochs, self.mlm_rate = shuffle, num_epochs, mlm_rate
         self.num_workers, self.worker_buffer, self.prefetch = num_workers, worker_buffer, prefetch
         self.task_types = {t.name: pp.task_type_of(t.output_features) for t in tasks}
-        self.packing = packing
+        self.packing, self.dedup_window = packing, dedup_window
         if packing is not None:  # fail on a config that cannot work before anything is read or compiled
             units = packing.local_units(num_shards)
             for task_type in {t for t in self.task_types.values() if t != "mlm"}:
@@ -287,7 +290,8 @@ class BatchIterator:
     def _identity(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "name": self.name, "split": self.split, "seed": self.seed,
                 "batch_size": self.batch_size, "shard_index": self.shard_index, "num_shards": self.num_shards,
-                "shuffle": self.shuffle, "sequence_lengths": dict(sorted(self.lengths.items()))}
+                "shuffle": self.shuffle, "sequence_lengths": dict(sorted(self.lengths.items())),
+                **({"dedup_window": self.dedup_window} if self.dedup_window > 1 else {})}
 
     def _current_state(self) -> dict[str, Any]:
         positions = dict(self._saved_positions)
@@ -311,7 +315,8 @@ class BatchIterator:
             raise ValueError(f"data iterator state has malformed fields {malformed} (a JSON object whose 'step' is "
                              f"an integer >= 0 and whose 'tasks' map names to {POSITION_FIELDS} integers >= 0)")
         identity = self._identity()
-        mismatched = {k: (state.get(k), v) for k, v in identity.items() if state.get(k) != v}
+        mismatched = {k: (state.get(k), identity.get(k)) for k in {*identity, "dedup_window"}
+                      if state.get(k) != identity.get(k)}
         if mismatched:
             raise ValueError(f"data iterator state does not match this iterator: {mismatched} (saved, current)")
         unknown = set(state["tasks"]) - set(self.task_types)
@@ -337,7 +342,7 @@ class BatchIterator:
             order = batch_jobs.ExampleOrder(len(records_of(task, self.split)), self.seed, task.name,
                                             self.shard_index, self.num_shards, self.shuffle, self.num_epochs)
             stream = TaskStream(task, self.task_types[task.name], self.split, order, self.lengths, self.batch_size,
-                                self.num_workers, self.worker_buffer, self._packing_of(task))
+                                self.num_workers, self.worker_buffer, self._packing_of(task), self.dedup_window)
             if task.name in self._saved_positions:
                 stream.set_state(self._saved_positions.pop(task.name))
             self._streams[task.name] = stream
@@ -383,8 +388,9 @@ class BatchIterator:
         else:
             batch = stream.next_batch()
             packed = stream.packing is not None
-            task_types.get(task_type, packed=packed).check_batch(batch, self.batch_size, self.lengths,
-                                                                  self.packed_sizes(task) if packed else None)
+            spec = task_types.get(task_type, packed=packed)
+            spec.check_batch(batch, self.batch_size, self.lengths, self.packed_sizes(task) if packed else None)
+            batch = {key: batch[key] for key in spec.keys}  # the table's order
         self.step += 1
         batch["task"], batch["task_type"] = task.name, task_type
         return batch, self._current_state()
@@ -483,7 +489,7 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
                         num_shards: int = 1, rates: Mapping[str, float] | None = None, shuffle: bool = True,
                         num_epochs: int | None = None, mlm_rate: float = 0.3, num_workers: int = 0,
                         worker_buffer: int = 2, prefetch: int = 2,
-                        packing: Mapping[str, Any] | None = None) -> BatchIterator:
+                        packing: Mapping[str, Any] | None = None, dedup_window: int = 1) -> BatchIterator:
     """Batches of a registered task or mixture for one host.
 
     Args:
@@ -508,6 +514,11 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
         "units": n}``: pack every side's texts whole into fixed-shape blocks (``bilingual.packing.
         PackingConfig``; the packed layout of ``bilingual.task_types``). ``units`` counts the global batch's
         pack units; the host's batch holds ``units / num_shards`` of them.
+      dedup_window: 1 (default: batches take consecutive positions) or W > 1: each window of W
+        consecutive batches of a pairs / retrieval task is re-dealt so that examples sharing a text go to
+        different batches where they can (``tasks.batch_jobs.dedup_deal``; per host: rows of two hosts are
+        not compared). The losses mask what remains (``bilingual.losses.false_negatives``); saved in the
+        state's identity.
 
     Returns:
       A ``BatchIterator`` (``next()``, ``get_state()``, ``set_state()``, ``task_for_step(step)``, ``close()``).
@@ -519,6 +530,8 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(dedup_window, int) or isinstance(dedup_window, bool) or dedup_window < 1:
+        raise ValueError(f"data.options['dedup_window'] must be an int >= 1, got {dedup_window!r}")
     if num_workers < 0 or worker_buffer < 1 or prefetch < 0:
         raise ValueError(f"num_workers={num_workers} and prefetch={prefetch} must be >= 0, worker_buffer="
                          f"{worker_buffer} >= 1")
@@ -537,4 +550,4 @@ def make_batch_iterator(name: str, split: str = "train", batch_size: int = 32, s
                          sequence_lengths=lengths, shard_index=shard_index, num_shards=num_shards, shuffle=shuffle,
                          num_epochs=num_epochs, mlm_rate=mlm_rate, num_workers=num_workers,
                          worker_buffer=worker_buffer, prefetch=prefetch,
-                         packing=packer.PackingConfig.from_options(packing))
+                         packing=packer.PackingConfig.from_options(packing), dedup_window=dedup_window)

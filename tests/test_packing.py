@@ -98,7 +98,7 @@ def pack_batch(task_type, padded, units, rows):
     """The padded batch's texts (stripped of padding) in the packed layout: the test's own conversion,
     the reference being the padded batch itself."""
     packed_spec, spec = task_types.get(task_type, packed=True), task_types.get(task_type)
-    out = {k: padded[k] for k in spec.scalars}
+    out = {k: padded[k] for k in (*spec.scalars, *spec.text_keys.values())}
     for name, (ids_key, mask_key) in spec.views.items():
         ids, mask = np.asarray(padded[ids_key]), np.asarray(padded[mask_key])
         flat_ids, flat_mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, ids.shape[-1])

@@ -6,6 +6,7 @@ import pytest
 
 from bilingual import task_types
 from bilingual.config import EncoderConfig
+from bilingual.text_identity import distinct_keys
 from bilingual.training.steps import StepConfig
 from tasks import batching
 from data_helpers import tok_dir  # noqa: F401 (fixture)
@@ -113,12 +114,24 @@ def test_pairs_and_retrieval_losses_equal_numpy(tau):
     config = StepConfig(temperature=tau)
     q, p, n = embeddings((6, 16), (6, 16), (6 * 3, 16), seed=1)
     pairs = task_types.get("pairs")
-    loss, metrics = pairs.embedding_loss(pairs.batch_shapes(6, {"query": 5, "passage": 7}), config)(
-        {"query": q, "passage": p})
+
+    def with_distinct_keys(spec, shapes):  # every text different: nothing masked, the plain InfoNCE
+        return {**shapes, **{k: distinct_keys(*shapes[k].shape[:-1], name=k) for k in spec.text_keys.values()}}
+
+    batch = with_distinct_keys(pairs, pairs.batch_shapes(6, {"query": 5, "passage": 7}))
+    loss, metrics = pairs.embedding_loss(batch, config)({"query": q, "passage": p})
     np.testing.assert_allclose(float(loss), info_nce(q, p, tau) + info_nce(p, q, tau), rtol=1e-5)
-    assert 0 <= float(metrics["in_batch_accuracy"]) <= 1
+    assert 0 <= float(metrics["in_batch_accuracy"]) <= 1 and float(metrics["masked_false_negatives"]) == 0
+    # the batch's keys reach the loss: two rows with one passage text mask each other's copy
+    batch["passage_key"] = batch["passage_key"].copy()
+    batch["passage_key"][4] = batch["passage_key"][1]
+    _, metrics = pairs.embedding_loss(batch, config)({"query": q, "passage": p})
+    assert float(metrics["masked_false_negatives"]) == 2
+    _, metrics = pairs.embedding_loss(batch, StepConfig(temperature=tau, mask_false_negatives=False))(
+        {"query": q, "passage": p})
+    assert "masked_false_negatives" not in metrics
     retrieval = task_types.get("retrieval")
-    shapes = retrieval.batch_shapes(6, {"query": 5, "passage": 7, "negatives": 9}, 3)
+    shapes = with_distinct_keys(retrieval, retrieval.batch_shapes(6, {"query": 5, "passage": 7, "negatives": 9}, 3))
     loss, _ = retrieval.embedding_loss(shapes, config)({"query": q, "passage": p, "negative": n})  # views: [B*m, H]
     np.testing.assert_allclose(float(loss), info_nce_with_negatives(q, p, n.reshape(6, 3, 16), tau), rtol=1e-5)
 

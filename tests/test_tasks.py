@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from bilingual import tokenizer as bpe
 from bilingual.rows import SKIPPED_ROWS, DataError
+from bilingual.text_identity import text_keys
 from tasks import batching, demo, mlm, registry, run_data, sources
 from data_helpers import DEMO_TRAIN, demo_tokenizer_dir, tok, tok_dir, write  # noqa: F401 (fixtures)
 
@@ -167,8 +168,12 @@ def test_retrieval_batch_matches_reference_and_truncation_keeps_eos(tok_dir, tok
 
 def test_pairs_batch_contract(tok_dir, tok):
     b = next(batching.make_batch_iterator("pairs_de_en", batch_size=5, sequence_lengths=LENGTHS, shuffle=False))
-    assert set(b) == {"query_ids", "query_mask", "passage_ids", "passage_mask", "task", "task_type"}
-    de, en = read_tsv(DEMO_TRAIN / "pairs/de-en.tsv")[0]
+    assert set(b) == {"query_ids", "query_mask", "passage_ids", "passage_mask", "query_key", "passage_key", "task",
+                      "task_type"}
+    rows = read_tsv(DEMO_TRAIN / "pairs/de-en.tsv")[:5]
+    de, en = rows[0]
+    assert (b["query_key"] == text_keys([r[0] for r in rows])).all()  # the keys of the raw (untruncated) texts
+    assert (b["passage_key"] == text_keys([r[1] for r in rows])).all()
     assert b["query_ids"][0][b["query_mask"][0] == 1].tolist() == framed(tok, de, 24)
     assert b["passage_ids"][0][b["passage_mask"][0] == 1].tolist() == framed(tok, en, 48)
 

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from bilingual import task_types
+from bilingual import task_types, text_identity
 
 
 def _seq(rng, batch, length, vocab, min_len=2):
@@ -39,6 +39,7 @@ def synthetic_batch(task_type, batch=8, length=16, vocab=512, negatives=2, seed=
             ids, mask = _seq(rng, math.prod(shape[:-1]), length, vocab)
             out[ids_key], out[mask_key] = ids.reshape(shape), mask.reshape(shape)
         out.update({key: rng.uniform(0, 5, shapes[key].shape) for key in spec.scalars})  # STS scores
+        out.update({key: text_identity.distinct_keys(*shapes[key].shape[:-1], name=key) for key in spec.text_keys.values()})
     out = {key: out[key].astype(s.dtype) for key, s in shapes.items()}
     spec.check_batch(out, batch, lengths)
     return out

@@ -52,6 +52,7 @@ class StepConfig:
     gradcache_chunks: int = 1
     max_predictions: int = 0  # MLM positions with logits per row; 0 = the whole row
     dropout: bool = True
+    mask_false_negatives: bool = True  # mask in-batch texts equal to the positive (the batch's *_key arrays)
 
 
 def make_embed_fn(model: JinaBert, dropout: bool):
