@@ -5,6 +5,7 @@
     python -m launch.evaluate --compare before.json after.json
     python -m launch.evaluate --model runs/demo/multitask/checkpoints --suite long-de --untrained
     python -m launch.evaluate --model runs/demo/mlm/checkpoints --mlm-by-length
+    python -m launch.evaluate --model runs/de/checkpoints --suite de --dims 768,256,64
 
 ``--model`` is an orbax checkpoint (root or step directory; tokenizer from ``--tokenizer``, the checkpoint
 meta or a ``tokenizer/`` folder) or a Hugging Face export directory. Suites (``bilingual/evaluation/
@@ -18,6 +19,15 @@ shared/data``) generate passkey, needle and literature retrieval problems at 256
 task with a column per length. ``--untrained`` also scores a randomly initialised model of the same shape
 and tokenizer, for reference. The runner says when it truncates: the first truncation at each length is
 logged, all are counted in the result's ``truncation``, and encoding above the trained length warns once.
+
+``--dims 768,256,64`` (Matryoshka models) scores the suite with the embeddings cut to each size: the first d
+components of the un-normalised embedding, L2-normalised (``bilingual.evaluation.matryoshka``; each text is
+encoded once). It prints one column per size (rows: tasks, their main metric); the JSON keeps the full
+embedding's result in ``tasks`` / ``average`` as without ``--dims`` and adds ``dims`` (the sizes as given) and
+``by_dim`` (``{"<d>": {"average", "tasks", "timings"}}``, ``tasks`` as in the top level), plus
+``timings.dims_seconds``. Each size must be a positive integer at most the model's hidden size, none repeated.
+Without ``--dims`` nothing changes, also for an export whose config.json lists ``matryoshka_dimensions``.
+``--untrained``'s reference is scored at the full size only.
 
 ``--mlm-by-length`` (a masked-LM checkpoint) prints the extrapolation check instead: MLM loss and accuracy on
 held-out literature (the bundled ``long_literature`` sections, never a training split) at each of
@@ -45,6 +55,18 @@ def format_results_table(result: dict) -> str:
         rows.append((name, task["type"], "-".join(task["languages"]), task["main_metric"],
                      f"{task['main_score']:.2f}", f"{task['seconds']:.1f}"))
     rows.append(("average", "", "", "", f"{result['average']:.2f}", f"{result['timings']['total_seconds']:.1f}"))
+    return _table(rows)
+
+
+def format_dims_table(result: dict) -> str:
+    """One row per task, its main metric at each of ``result["dims"]`` (one column per size), then the average."""
+    dims = [str(d) for d in result["dims"]]
+    by_dim = result["by_dim"]
+    rows = [("task", "type", "metric", *dims)]
+    for name, task in result["tasks"].items():
+        rows.append((name, task["type"], task["main_metric"],
+                     *[f"{by_dim[d]['tasks'][name]['main_score']:.2f}" for d in dims]))
+    rows.append(("average", "", "", *[f"{by_dim[d]['average']:.2f}" for d in dims]))
     return _table(rows)
 
 
@@ -111,18 +133,32 @@ def untrained_like(encoder, seed: int = 0):
     return Encoder(encoder.config, params, encoder.tokenizer, name=f"untrained (seed {seed})")
 
 
+def parse_dims(value, hidden_size=None) -> list:
+    """``--dims`` (a comma-separated string or a list of ints) as a list of sizes, checked against
+    ``hidden_size`` when given; a ``UsageError`` naming ``--dims`` otherwise."""
+    from bilingual.export.hf_config import matryoshka_dims
+
+    try:
+        return matryoshka_dims(value, "--dims", hidden_size)
+    except ValueError as err:
+        raise cli.UsageError(str(err)) from None
+
+
 def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32, max_length=None,
              limit=None, suites_file=None, compute_dtype=None, log=print, long_options=None,
-             untrained: bool = False, trained_length=None) -> dict:
+             untrained: bool = False, trained_length=None, dims=None) -> dict:
     """Load ``model``, run ``suite`` and return the result document (what ``--out`` writes).
 
     With ``untrained`` the document also holds ``"untrained"``: the same suite on a randomly initialised
-    model of the same shape and tokenizer.
+    model of the same shape and tokenizer. With ``dims`` (sizes, a list or ``"768,256,64"``) it also holds
+    ``dims`` and ``by_dim``: the suite at each size (see the module docstring).
     """
     from bilingual.encoder_api import Encoder
     from bilingual.evaluation import suites
     from bilingual.evaluation.configured import ConfiguredEncoder
 
+    if dims is not None:
+        dims = parse_dims(dims)  # the syntax before the (slow) model load; the sizes after it
     tasks = suites.get_suite(suite, suites_file or suites.SUITES_FILE)
     suites.check_files(tasks, data)  # before the (slow) model load
     start = time.perf_counter()
@@ -130,7 +166,22 @@ def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32,
     load_seconds = time.perf_counter() - start
     configured = ConfiguredEncoder(encoder, batch_size, max_length, log=log, trained_length=trained_length)
     max_length = configured.max_length
-    result = suites.run_suite(configured, tasks, data, limit=limit, log=log, long_options=long_options)
+    matryoshka = {}
+    if dims is None:
+        result = suites.run_suite(configured, tasks, data, limit=limit, log=log, long_options=long_options)
+    else:
+        from bilingual.evaluation.matryoshka import run_suite_at_dims
+
+        hidden = encoder.config.hidden_size
+        dims = parse_dims(dims, hidden)
+        dims_start = time.perf_counter()
+        result, by_dim = run_suite_at_dims(configured, tasks, dims, hidden, data, limit=limit, log=log,
+                                           long_options=long_options)
+        dims_seconds = time.perf_counter() - dims_start - result["timings"]["total_seconds"]
+        matryoshka = {"dims": dims, "by_dim": {str(d): {"average": suites.average_main_score(run),
+                                                        "tasks": run["tasks"], "timings": run["timings"]}
+                                               for d, run in by_dim.items()}}
+        result["timings"]["dims_seconds"] = dims_seconds
     data_files = {}
     for task in result["tasks"].values():
         data_files.update({f["path"]: f["sha256"] for f in task["files"].values()})
@@ -142,6 +193,7 @@ def evaluate(model, suite: str, data=None, tokenizer=None, batch_size: int = 32,
             "timings": {**result["timings"], "load_seconds": load_seconds,
                         "compilations": len(encoder.compiled_shapes),
                         "batch_shapes": sorted(map(list, encoder.used_shapes))},
+            **matryoshka,
             **({"untrained": _untrained_run(encoder, tasks, data, batch_size, max_length, limit, log, long_options,
                                             suites, configured.trained_length)} if untrained else {})}
 
@@ -229,10 +281,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=4, help="--mlm-by-length: held-out sections scored")
     parser.add_argument("--trained-length", type=int,
                         help="the length the model was trained at, for the extrapolation warning (default 512)")
+    parser.add_argument("--dims", metavar="D1,D2,...",
+                        help="Matryoshka: also score the embeddings cut to these sizes, e.g. 768,256,64 (one "
+                             "column each)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bilingual").setLevel(logging.INFO)  # compilations; other libraries stay at WARNING
 
+    if args.dims is not None and (args.compare or args.mlm_by_length):
+        raise cli.UsageError("--dims applies to a suite evaluation, not to --compare or --mlm-by-length")
+    if args.dims is not None:
+        parse_dims(args.dims)  # a bad value fails before anything is loaded
     if args.compare:
         runs = []
         for path in args.compare:
@@ -258,8 +317,13 @@ def main(argv=None) -> int:
         long_options = {"lengths": args.lengths, "documents": args.documents, "seed": args.seed}
         result = evaluate(args.model, args.suite, args.data, args.tokenizer, args.batch_size, args.max_length,
                           args.limit, args.suites_file, args.dtype, log=log, long_options=long_options,
-                          untrained=args.untrained, trained_length=args.trained_length)
-        print(format_results_table(result))
+                          untrained=args.untrained, trained_length=args.trained_length, dims=args.dims)
+        if args.dims is None:
+            print(format_results_table(result))
+        else:
+            print(f"Main metric by embedding size (the first d components, re-normalised; hidden size "
+                  f"{result['encoder_config']['hidden_size']})")
+            print(format_dims_table(result))
         long_table = format_long_table([("trained", result), ("untrained", result["untrained"])]
                                        if args.untrained else result)
         if long_table:
@@ -270,7 +334,7 @@ def main(argv=None) -> int:
             if t["truncated"]:
                 print(f"truncated {t['truncated']} of {t['texts']} texts to {length} tokens (longest {t['longest']})")
         seconds = result["timings"]["total_seconds"] + result.get("untrained", {}).get("timings", {}).get(
-            "total_seconds", 0.0)
+            "total_seconds", 0.0) + result["timings"].get("dims_seconds", 0.0)
         print(f"evaluation took {seconds:.1f}s (model load {result['timings']['load_seconds']:.1f}s)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

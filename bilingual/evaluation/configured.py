@@ -3,7 +3,8 @@
 ``ConfiguredEncoder(encoder, batch_size, max_length)`` gives the evaluators their plain ``encode(texts)``
 (at ``max_length`` tokens), the long-document evaluator ``encode_at(texts, length)`` (at ``length`` tokens,
 capped at the model's limit; batches sized so rows x length stays within ``token_budget``) and
-``count_tokens`` (the model's tokenizer, for sizing generated documents).
+``count_tokens`` (the model's tokenizer, for sizing generated documents). Embeddings are L2-normalised;
+``normalize=False`` returns the mean-pooled vectors as they are (``bilingual.evaluation.matryoshka`` cuts those).
 
 Truncation is never silent: every text is measured before it is encoded; the first time texts are cut at a
 length the runner logs how many and the longest, and ``truncation`` (``{length: {"texts", "truncated",
@@ -52,15 +53,15 @@ class ConfiguredEncoder:
         self._warned_extrapolation = False
         self._announced: set[int] = set()
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(list(texts), self.max_length, self.batch_size)
+    def encode(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        return self._encode(list(texts), self.max_length, self.batch_size, normalize)
 
-    def encode_at(self, texts: Sequence[str], length: int) -> np.ndarray:
+    def encode_at(self, texts: Sequence[str], length: int, normalize: bool = True) -> np.ndarray:
         length = min(int(length), self.model_limit)
         rows = max(1, min(self.batch_size, self.token_budget // length))
-        return self._encode(list(texts), length, rows)
+        return self._encode(list(texts), length, rows, normalize)
 
-    def _encode(self, texts: list[str], length: int, rows: int) -> np.ndarray:
+    def _encode(self, texts: list[str], length: int, rows: int, normalize: bool = True) -> np.ndarray:
         if texts:
             n = [c + SPECIAL_TOKENS for c in self.count_tokens(texts)]
             encoded = min(max(n), length)  # the longest row this call runs
@@ -77,7 +78,9 @@ class ConfiguredEncoder:
                 self._announced.add(length)
                 self.log(f"truncating {cut} of {len(texts)} texts to {length} tokens (longest {max(n)} tokens); "
                          "later truncations at this length are counted in the result's 'truncation'")
-        return self.encoder.encode(texts, batch_size=rows, max_length=length, show_progress=False)
+        # normalize is passed only when off: the default call is the one every encoder-like object takes
+        extra = {} if normalize else {"normalize": False}
+        return self.encoder.encode(texts, batch_size=rows, max_length=length, show_progress=False, **extra)
 
     def truncation_summary(self) -> dict[str, dict[str, int]]:
         return {str(k): dict(v) for k, v in sorted(self.truncation.items())}

@@ -5,6 +5,9 @@ The exported ``config.json`` carries every field of the published config (``mode
 by the shipped PyTorch code (``qk_layernorm``, ``layer_layout``, ``add_pooling_layer``). ``layer_layout`` is
 ``jina-bert-implementation`` for ``EncoderConfig.layer_layout="post_ln"`` and ``jina-bert-v2-qk-post-norm``
 for ``"qk_post_norm"``; with ``auto_map="upstream"`` the config points at the published code of that layer.
+A model trained with Matryoshka losses also records its nested embedding sizes, ``"matryoshka_dimensions":
+[768, 256, 64]`` (descending; an embedding of ``d`` dimensions is the first ``d`` components, re-normalised);
+without them the key is absent.
 Runtime-only ``EncoderConfig`` fields (compute dtype, attention implementation, remat) are not part of a model
 and come back as defaults on import.
 """
@@ -12,8 +15,10 @@ and come back as defaults on import.
 from __future__ import annotations
 
 import json
+import numbers
 import pathlib
-from typing import Any, Optional
+import re
+from typing import Any, Optional, Sequence
 
 from bilingual.config import ConfigError, EncoderConfig
 
@@ -28,6 +33,8 @@ FLAX_LAYOUT_OF = {hf: flax for flax, hf in HF_LAYOUT_OF.items()}
 # first, jina-embeddings-v2-base-es (and base-code) at the second.
 UPSTREAM_REPOS = {STANDARD_LAYOUT: "jinaai/jina-bert-implementation",
                   QK_POST_NORM_LAYOUT: "jinaai/jina-bert-v2-qk-post-norm"}
+# config.json key of the Matryoshka embedding sizes (checkpoint meta: ``"matryoshka_dims"``).
+MATRYOSHKA_KEY = "matryoshka_dimensions"
 
 _AUTO_CLASSES = {
     "AutoConfig": "configuration_bert.JinaBertConfig",
@@ -62,8 +69,43 @@ def upstream_repo(config: EncoderConfig) -> str:
     return UPSTREAM_REPOS[hf_layer_layout(config)]
 
 
-def to_hf_config(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str) -> dict[str, Any]:
-    """The ``config.json`` dict for ``config`` (weights stored as ``dtype``)."""
+def matryoshka_dims(value, name: str, hidden_size: Optional[int] = None) -> list[int]:
+    """Nested embedding sizes from ``value``, a list of ints or a comma-separated string (``"768,256,64"``),
+    checked: each a positive integer, at most ``hidden_size`` (when given), none repeated; the order is kept.
+    Anything else is a ``ValueError`` whose message starts with ``name`` (the option or meta key)."""
+    if isinstance(value, str):
+        dims = []
+        for part in value.split(","):
+            if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", part):
+                raise ValueError(f"{name}: {part.strip()!r} is not an integer; give comma-separated embedding "
+                                 "sizes, e.g. 768,256,64")
+            dims.append(int(part))
+    elif isinstance(value, (list, tuple)):
+        bad = [x for x in value if isinstance(x, bool) or not isinstance(x, numbers.Integral)]
+        if bad:
+            raise ValueError(f"{name}: {bad[0]!r} is not an integer; expected a list of embedding sizes")
+        dims = [int(x) for x in value]
+    else:
+        raise ValueError(f"{name}: expected a list of embedding sizes, got {type(value).__name__} {value!r}")
+    if not dims:
+        raise ValueError(f"{name}: no dimensions given")
+    for d in dims:
+        if d <= 0:
+            raise ValueError(f"{name}: {d} is not a positive embedding size")
+        if hidden_size is not None and d > hidden_size:
+            raise ValueError(f"{name}: {d} is above the model's hidden size {hidden_size} (an embedding of d "
+                             "dimensions is the first d components of the full one)")
+    repeated = sorted({d for d in dims if dims.count(d) > 1})
+    if repeated:
+        raise ValueError(f"{name}: {', '.join(map(str, repeated))} given more than once; the dimensions must be "
+                         "distinct")
+    return dims
+
+
+def to_hf_config(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str,
+                 matryoshka_dimensions: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """The ``config.json`` dict for ``config`` (weights stored as ``dtype``); ``matryoshka_dimensions`` (checked
+    by the caller) adds the ``MATRYOSHKA_KEY`` entry, written as given."""
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype must be one of {EXPORT_DTYPES}, got {dtype!r}")
     layout = hf_layer_layout(config)
@@ -106,6 +148,8 @@ def to_hf_config(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map
     # name the path whose behaviour matches the trained model.
     if config.attention_dropout == 0.0:
         values["attn_implementation"] = "torch"
+    if matryoshka_dimensions is not None:
+        values[MATRYOSHKA_KEY] = [int(d) for d in matryoshka_dimensions]
     return values
 
 

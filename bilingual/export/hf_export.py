@@ -16,6 +16,14 @@ The directory holds::
 and loads offline with ``transformers.AutoModel.from_pretrained(dir, trust_remote_code=True)`` and
 ``sentence_transformers.SentenceTransformer(dir, trust_remote_code=True)``. Runs on the host (numpy); no
 torch needed to export.
+
+A Matryoshka model (``matryoshka_dims``) records its nested sizes in config.json (``matryoshka_dimensions``,
+descending) and in the model card, with the ``SentenceTransformer(dir, truncate_dim=d)`` usage. The
+sentence-transformers files are the same as without: sentence-transformers has no field for a list of nested
+sizes (its ``config_sentence_transformers.json`` ``truncate_dim`` would truncate every load by default, so it
+is not written). Its ``Normalize`` module runs before ``truncate_dim`` cuts the vector, so a cut embedding is
+re-normalised with ``encode(..., normalize_embeddings=True)`` (cosine similarity is the same either way).
+Without ``matryoshka_dims`` every file is exactly what it was before the option existed.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import os
 import pathlib
 import shutil
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -194,7 +202,29 @@ def write_sentence_transformers_files(out_dir: pathlib.Path, config: EncoderConf
                 {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
 
 
-def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str) -> str:
+def _matryoshka_section(dims: Sequence[int]) -> str:
+    sizes = ", ".join(map(str, dims[:-1])) + (" and " if len(dims) > 1 else "") + str(dims[-1])
+    smallest = min(dims)
+    return f"""
+Trained with Matryoshka representation learning at {sizes} dimensions (`matryoshka_dimensions` in
+`config.json`): for each such d, the first d components of an embedding, L2-normalised again, are an
+embedding of d dimensions.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/this/directory", trust_remote_code=True, truncate_dim={smallest})
+embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather today?"], normalize_embeddings=True)
+```
+
+The pipeline's `Normalize` module normalises the full embedding before `truncate_dim` cuts it, so the cut
+vectors are shorter than unit length until `normalize_embeddings=True` re-normalises them; cosine similarity
+(`model.similarity`) is the same either way.
+"""
+
+
+def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_kind: str, name: str,
+                matryoshka_dims: Optional[Sequence[int]] = None) -> str:
     code = ("the PyTorch implementation shipped in this directory (`modeling_bert.py`, runs on transformers 4.40+ and 5.x)"
             if auto_map_kind == "local" else f"the code of `{hf_config.upstream_repo(config)}` on the Hugging Face Hub")
     if config.layer_layout == "qk_post_norm":
@@ -204,6 +234,7 @@ def _model_card(config: EncoderConfig, *, masked_lm: bool, dtype: str, auto_map_
         kind = (f"post-LN BERT with symmetric ALiBi{' and query/key LayerNorms' if config.qk_layernorm else ''} "
                 f"and a {config.feed_forward_type.upper()} feed-forward")
     head = "\nThe masked-language-model head is included (`AutoModelForMaskedLM`).\n" if masked_lm else ""
+    matryoshka = _matryoshka_section(matryoshka_dims) if matryoshka_dims else ""
     return f"""---
 library_name: sentence-transformers
 pipeline_tag: sentence-similarity
@@ -230,7 +261,7 @@ from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("path/to/this/directory", trust_remote_code=True)
 embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather today?"])
 ```
-
+{matryoshka}
 ```python
 from transformers import AutoModel
 
@@ -242,7 +273,7 @@ embeddings = model.encode(["Wie ist das Wetter heute?", "How is the weather toda
 
 def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: str = "float32",
               mlm_params=None, auto_map: str = "local", model_name: Optional[str] = None,
-              overwrite: bool = False) -> pathlib.Path:
+              overwrite: bool = False, matryoshka_dims: Optional[Sequence[int]] = None) -> pathlib.Path:
     """Write ``params`` (encoder parameters of ``config``; numpy or jax arrays, host memory) to ``out_dir``.
 
     Args:
@@ -255,6 +286,9 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
         qk-LayerNorm, which no published code computes).
       overwrite: replace the files of an earlier export at ``out_dir`` (anything else there is never
         touched; see ``write_model_dir``).
+      matryoshka_dims: the nested embedding sizes the model was trained at (positive, at most
+        ``hidden_size``, distinct), recorded in descending order in config.json (``matryoshka_dimensions``)
+        and the model card; ``None``: none recorded (the files are exactly those of an export without them).
     Everything is written to a staging directory beside ``out_dir`` and moved into place at the end, so
     a failed export leaves no half-written model behind.
     Returns the output directory. Raises ``ExportError`` / ``StateDictMismatch`` on bad input.
@@ -265,7 +299,11 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
         raise ExportError(f"auto_map must be one of {hf_config.AUTO_MAP_KINDS}, got {auto_map!r}")
     masked_lm = mlm_params is not None
     try:
-        hf_values = hf_config.to_hf_config(config, masked_lm=masked_lm, dtype=dtype, auto_map_kind=auto_map)
+        if matryoshka_dims is not None:
+            matryoshka_dims = sorted(hf_config.matryoshka_dims(matryoshka_dims, "matryoshka_dims", config.hidden_size),
+                                     reverse=True)
+        hf_values = hf_config.to_hf_config(config, masked_lm=masked_lm, dtype=dtype, auto_map_kind=auto_map,
+                                           matryoshka_dimensions=matryoshka_dims)
     except ValueError as err:
         raise ExportError(str(err)) from err
     tensors = hf_state.to_export_state_dict(params, mlm_params)
@@ -279,7 +317,8 @@ def export_hf(config: EncoderConfig, params, out_dir, *, tokenizer_dir, dtype: s
     def extra(staging: pathlib.Path) -> None:
         write_sentence_transformers_files(staging, config)
         (staging / "README.md").write_text(_model_card(config, masked_lm=masked_lm, dtype=dtype,
-                                                       auto_map_kind=auto_map, name=model_name or out_dir.name))
+                                                       auto_map_kind=auto_map, name=model_name or out_dir.name,
+                                                       matryoshka_dims=matryoshka_dims))
 
     write_model_dir(out_dir, overwrite=overwrite, tensors=tensors, dtype=dtype, config_values=hf_values,
                     auto_map=auto_map, tokenizer_dir=tokenizer_dir, vocab_size=config.vocab_size, extra=extra)
