@@ -160,3 +160,29 @@ def sts_loss(a, b, gold, kind: str = "pearson"):
     else:
         raise ValueError(f"unknown STS loss {kind!r}; expected 'pearson' or 'mse'")
     return loss, {"sts_pearson": -negative_pearson(predicted, gold)}
+
+
+def matryoshka(loss_fn, dims, weights=None):
+    """MatryoshkaLoss: ``loss_fn`` applied to nested prefixes of the embeddings, weighted.
+
+    ``loss_fn``: ``{view: [n, H]} -> (loss, metrics)`` (a task type's embedding loss); ``dims``: prefix
+    sizes ``d_k <= H``; ``weights``: one per size (default 1 each). Returns the same kind of function:
+    ``sum_k w_k loss_fn({v: e_v[:, :d_k]})``, with the metrics of the largest size and ``loss_dim<d>`` per
+    size. The prefixes are cut before the losses normalise (cosine), so each size is trained as the
+    embedding it is used as (first ``d`` components, L2-normalised).
+    """
+    dims = tuple(int(d) for d in dims)
+    weights = tuple(float(w) for w in weights) if weights else (1.0,) * len(dims)
+    largest = max(dims)
+
+    def wrapped(embeddings):
+        total, metrics = jnp.float32(0.0), {}
+        for d, w in zip(dims, weights):
+            loss, values = loss_fn({view: e[..., :d] for view, e in embeddings.items()})
+            total = total + w * loss
+            metrics[f"loss_dim{d}"] = loss
+            if d == largest:
+                metrics.update(values)
+        return total, metrics
+
+    return wrapped

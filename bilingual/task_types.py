@@ -160,10 +160,14 @@ class TaskType:
                                  f"with {sizes}")
 
     def embedding_loss(self, batch: Mapping[str, Any], config: StepConfig) -> EmbeddingLoss:
-        """``{view: [n, H] float32 embeddings} -> (loss, metrics)`` for ``batch`` (contrastive types)."""
+        """``{view: [n, H] float32 embeddings} -> (loss, metrics)`` for ``batch`` (contrastive types); with
+        ``config.matryoshka_dims`` the weighted loss over those prefixes (``losses.matryoshka``)."""
         if self.bind_loss is None:
             raise ValueError(f"task type {self.name!r} has no embedding loss (its step computes {self.loss.__name__})")
-        return self.bind_loss(self.loss, batch, config)
+        loss = self.bind_loss(self.loss, batch, config)
+        if config.matryoshka_dims:
+            loss = losses.matryoshka(loss, config.matryoshka_dims, config.matryoshka_weights)
+        return loss
 
     def train_flops(self, model: EncoderConfig, config: StepConfig, batch: Mapping[str, Any]) -> float:
         """Matmul FLOPs of one train step on ``batch`` (key -> anything with ``.shape``, the global batch).

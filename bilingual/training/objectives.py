@@ -96,10 +96,12 @@ def for_stage(stage: str, model: EncoderConfig, step: steps.StepConfig) -> Objec
         return Objective("mlm", module, "masked_lm", STAGES["mlm"],
                          make_step=lambda t, tx, groups: steps.make_mlm_step(module, tx, step),
                          batch_keys=batch_keys, flops=train_flops, merge_encoder=replace_encoder)
+    step.check_matryoshka(model.hidden_size)
+    meta = {"matryoshka_dims": sorted(step.matryoshka_dims, reverse=True)} if step.matryoshka_dims else {}
     module = JinaBert(model)
     return Objective(stage, module, "encoder", STAGES[stage],
                      make_step=lambda t, tx, groups: steps.make_contrastive_step(module, tx, t, step, groups=groups),
-                     batch_keys=batch_keys, flops=train_flops, merge_encoder=replace_encoder)
+                     batch_keys=batch_keys, flops=train_flops, merge_encoder=replace_encoder, meta=meta)
 
 
 def head_objective(model: EncoderConfig, head: HeadConfig, *, dropout: bool, meta: dict) -> Objective:

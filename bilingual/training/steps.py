@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from bilingual import gradcache, losses, task_types
+from bilingual.config import ConfigError
 from bilingual.modeling import JinaBert, JinaBertForMaskedLM, segment_mean_pool
 
 
@@ -53,6 +54,26 @@ class StepConfig:
     max_predictions: int = 0  # MLM positions with logits per row; 0 = the whole row
     dropout: bool = True
     mask_false_negatives: bool = True  # mask in-batch texts equal to the positive (the batch's *_key arrays)
+    # Matryoshka (losses.matryoshka): the contrastive and STS losses also on these embedding prefixes, weighted
+    # (default 1 each); e.g. (768, 512, 256, 128, 64). Empty: the full embedding only.
+    matryoshka_dims: tuple = ()
+    matryoshka_weights: tuple = ()
+
+    def __post_init__(self):  # gin gives lists; keep the config hashable
+        object.__setattr__(self, "matryoshka_dims", tuple(self.matryoshka_dims))
+        object.__setattr__(self, "matryoshka_weights", tuple(self.matryoshka_weights))
+
+    def check_matryoshka(self, hidden_size: int) -> None:
+        """ConfigError naming the gin key unless the Matryoshka sizes are distinct ints in ``[1, hidden_size]``
+        and the weights (if given) are as many non-negative numbers."""
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= hidden_size]
+        if bad or len(set(dims)) != len(dims):
+            raise ConfigError(f"StepConfig.matryoshka_dims={list(dims)}: expected distinct ints from 1 to the "
+                              f"hidden size {hidden_size}" + (f" (not {bad})" if bad else " (repeated)"))
+        if weights and (len(weights) != len(dims) or any(not isinstance(w, (int, float)) or w < 0 for w in weights)):
+            raise ConfigError(f"StepConfig.matryoshka_weights={list(weights)}: expected {len(dims)} numbers >= 0, "
+                              f"one per StepConfig.matryoshka_dims={list(dims)}")
 
 
 def make_embed_fn(model: JinaBert, dropout: bool):
