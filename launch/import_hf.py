@@ -72,6 +72,17 @@ def _install(staging: pathlib.Path, out: pathlib.Path, step: int, existing: list
             source.rename(target)
 
 
+def _matryoshka_dims(hf_dir: str) -> list[int]:
+    """``config.json``'s ``matryoshka_dimensions`` (written by ``launch.export``), or []."""
+    import json
+
+    try:
+        with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+            return list(json.load(f).get("matryoshka_dimensions") or [])
+    except (OSError, ValueError):
+        return []  # import_hf has already read (or refused) the config; nothing to carry
+
+
 @cli.entry_point
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -86,6 +97,9 @@ def main(argv=None) -> int:
     masked_lm = extras["mlm_params"] is not None
     tree = {"bert": params, "cls": extras["mlm_params"]} if masked_lm else params
     meta = {"imported_from": os.path.abspath(args.hf), "source_dtype": extras["dtype"]}
+    matryoshka = _matryoshka_dims(args.hf)
+    if matryoshka:  # exported from a Matryoshka run: a re-export records them again (launch.export reads meta)
+        meta["matryoshka_dims"] = matryoshka
     has_tokenizer = os.path.isfile(os.path.join(args.hf, "tokenizer.json"))
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -256,3 +256,18 @@ def test_export_rejects_bad_meta_dims(checkpoints, tmp_path, capsys):
     assert _export(base / "bad", tmp_path / "out", "--matryoshka_dims", "64") == 0  # the option overrides
     with pytest.raises(ExportError, match=r"matryoshka_dims: True is not an integer"):
         export_hf(config, params, tmp_path / "lib", tokenizer_dir=tokenizer_dir(), matryoshka_dims=[True])
+
+
+def test_import_carries_the_dims_back_so_a_reexport_records_them(exports, tmp_path):
+    from bilingual.artifacts import load_meta
+    from launch import import_hf
+
+    plain, dims = exports
+    assert import_hf.main(["--hf", str(dims), "--out", str(tmp_path / "imported")]) == 0
+    step = next(p for p in (tmp_path / "imported").iterdir() if p.name.isdigit())
+    assert load_meta(step)["matryoshka_dims"] == DIMS
+    assert _export(tmp_path / "imported", tmp_path / "again") == 0
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["matryoshka_dimensions"] == DIMS
+    assert import_hf.main(["--hf", str(plain), "--out", str(tmp_path / "imported_plain")]) == 0
+    step = next(p for p in (tmp_path / "imported_plain").iterdir() if p.name.isdigit())
+    assert "matryoshka_dims" not in load_meta(step)
