@@ -165,7 +165,11 @@ def test_gradcache_pairs_step_compiles_for_a_v5e_slice_and_its_loops_are_flagged
     loop's body once, and GradCache's chunks are loops (``lax.map`` / ``lax.scan``): its figure is one chunk's
     share, so times the chunks it matches the analytic count with its GradCache forward (4x forward)."""
     bindings = ["TrainConfig.stage = 'pairs'", "TrainConfig.batch_size = 64", "StepConfig.gradcache_chunks = 4",
-                "encoder.num_layers = 1"]  # one layer: half the program to compile, the same loops
+                "encoder.num_layers = 1",  # one layer: half the program to compile, the same loops
+                # libtpu's memory analysis reports temp 0 bytes for this step with the false-negative mask on
+                # (seen 2026-12-02, libtpu of requirements/libtpu.txt; notes/issue-19.md): the loop and FLOP
+                # checks below are about GradCache, so they run on the unmasked step
+                "StepConfig.mask_false_negatives = False"]
     config, _ = tiny_config(bindings)
     (report,) = compile_for.compile_config(config, topology.get("v5e-8"), {"query": 64, "passage": 128})
     assert (report.devices, report.mesh["data"], report.hbm_bytes) == (8, 8, 16 * GIB) and report.fits

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +78,17 @@ def test_batcher_tokens_equal_seqio_preprocessing(tok_dir, name, sides, lengths)
 # ------------------------------------------------------------------------------ workers and prefetch
 
 
+def _workers_started(count: int, timeout: float = 60.0) -> bool:
+    """Whether ``count`` worker processes are alive within ``timeout`` s: grain starts them one after the
+    other, and on a loaded machine the first batch can come from the first worker before the second is up."""
+    deadline = time.monotonic() + timeout
+    while len(multiprocessing.active_children()) < count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def test_mlm_batches_equal_with_and_without_workers(tok_dir):
     kwargs = dict(batch_size=4, seed=2, sequence_lengths={"text": 64})
     inline = batching.make_batch_iterator("mlm_de_en", num_workers=0, **kwargs)
@@ -86,7 +98,7 @@ def test_mlm_batches_equal_with_and_without_workers(tok_dir):
     workers = batching.make_batch_iterator("mlm_de_en", num_workers=2, **kwargs)
     try:
         first = next(workers)
-        assert len(multiprocessing.active_children()) >= 2, "num_workers=2 started no worker processes"
+        assert _workers_started(2), "num_workers=2 started no worker processes"
         for k, batch in enumerate([first] + [next(workers) for _ in range(5)]):
             assert_batches_equal(batch, reference[k], f"mlm batch {k}, 2 workers vs none")
         assert workers.get_state() == states, "the state after 6 batches differs with workers"
@@ -104,7 +116,7 @@ def test_contrastive_batches_equal_with_and_without_workers(tok_dir):
     with batching.make_batch_iterator("pairs_de_en", num_workers=2, worker_buffer=1, **kwargs) as it:
         for k in range(5):
             assert_batches_equal(next(it), reference[k], f"pairs batch {k}, 2 workers vs none")
-            assert len(multiprocessing.active_children()) >= 2, "num_workers=2 started no worker processes"
+            assert _workers_started(2), "num_workers=2 started no worker processes"
         # a resume may change the worker count: restore the state after batch 2 into the worker iterator
         inline = batching.make_batch_iterator("pairs_de_en", num_workers=0, **kwargs)
         take(inline, 2)
