@@ -60,9 +60,9 @@ def same_text(a_keys, b_keys):
 def false_negatives(query_keys, passage_keys):
     """``[B, B]`` bool, ``M[i, j]`` (``j != i``): passage ``j`` is no negative of query ``i`` because it is the
     same text as passage ``i`` or as query ``i``, or because query ``j`` is the same text as query ``i`` (so
-    passage ``j`` answers it too). The diagonal is False. The same matrix, transposed, says which queries are
-    no negatives of passage ``i`` (the relation is symmetric in queries and passages), so both directions of
-    the InfoNCE use it."""
+    passage ``j`` answers it too). The diagonal is False. Read by column, ``M[j, i]`` says query ``j`` is no
+    negative of passage ``i``: query ``j`` is the same text as query ``i`` or as passage ``i``, or passage
+    ``j`` is passage ``i``'s text. So the passage-to-query direction uses the same matrix, transposed."""
     mask = (same_text(passage_keys, passage_keys) | same_text(query_keys, passage_keys)
             | same_text(query_keys, query_keys))
     return mask & ~jnp.eye(mask.shape[0], dtype=bool)

@@ -163,9 +163,13 @@ class ContrastiveJob:
         count = self.dedup_window
         if self.order.limit is not None:  # the last window of a finite order holds only whole batches
             count = min(count, (self.order.limit - window_first) // self.batch_size)
-        window = [self.records[self.order.record(p)]
-                  for p in range(window_first, window_first + count * self.batch_size)]
-        deal = dedup_deal([self._texts_of(e) for e in window], self.batch_size)
+        cached = getattr(self, "_window", None)  # the W jobs of a window usually run in one worker, in turn
+        if cached is None or cached[0] != window_first:
+            window = [self.records[self.order.record(p)]
+                      for p in range(window_first, window_first + count * self.batch_size)]
+            cached = (window_first, window, dedup_deal([self._texts_of(e) for e in window], self.batch_size))
+            object.__setattr__(self, "_window", cached)  # a cache, not state: batches never depend on it
+        _, window, deal = cached
         return [window[i] for i in deal[index % self.dedup_window]]
 
     def _texts_of(self, example) -> set:

@@ -229,6 +229,12 @@ def test_dedup_batches_resume_mid_window(tok_dir):  # noqa: F811
         rest = [next(it) for _ in range(3)]
     for a, b in zip(full[2:], rest):
         assert all(np.array_equal(a[k], b[k]) for k in a if isinstance(a[k], np.ndarray))
+    # the same batches from 2 worker processes (each job deals its window itself; a worker caches it)
+    with batching.make_batch_iterator("pairs_de", batch_size=8, sequence_lengths=lengths, dedup_window=3,
+                                      num_workers=2) as it:
+        from_workers = [next(it) for _ in range(5)]
+    for a, b in zip(full, from_workers):
+        assert all(np.array_equal(a[k], b[k]) for k in a if isinstance(a[k], np.ndarray))
     with batching.make_batch_iterator("pairs_de", batch_size=8, sequence_lengths=lengths, prefetch=0) as plain:
         with pytest.raises(ValueError, match="dedup_window"):
             plain.set_state(state)
