@@ -138,7 +138,9 @@ def test_a_changed_array_is_refused_by_resume_load_encoder_and_export(trained, t
         raw = m.restore(2, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))).model
     flat = jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda a, b: bool(np.any(a != b)), before, raw))[0]
     changed = ["/".join(key.key for key in path) for path, differs in flat if differs]
-    assert len(changed) == 1 and changed[0].startswith("encoder/")
+    # Which array the flipped byte lands in depends on the order orbax's concurrent writes reached the file
+    # (embeddings or an encoder layer): exactly one parameter of the model changed, whichever it is.
+    assert len(changed) == 1 and changed[0].split("/")[0] in before, changed
 
     with pytest.raises(CheckpointError) as err:
         train(config("pairs", num_steps=4), workdir, SyntheticBatches(["pairs"]))
