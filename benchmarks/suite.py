@@ -12,6 +12,10 @@ Rows (each measured in a fresh subprocess, so peak memory is that measurement's 
   tokens/s at a batch of 32 x 128 tokens (median of warm calls; the two sides alternate twice and each keeps
   its better run, so a neighbour's burst on a shared machine does not decide the ratio), and time and peak
   memory for one 8192-token document (peak RSS on CPU, peak allocated device memory on GPU);
+* attention: one document's attention forward (base-de's 12 heads of 64, batch 1) per implementation that
+  runs on the platform (CPU: dense and chunked at 2048 and 8192 tokens; GPU: dense, chunked, cudnn and the
+  Pallas flash kernel; TPU: dense, chunked, flash) at 8192 tokens: warm time, XLA's compiled temporary
+  memory and the peak device memory (RSS on CPU), each in its own process;
 * train steps: the MLM step (512 tokens, 30% predicted) and the pair step (bi-directional InfoNCE, 128 tokens
   a side): tokens/s and MFU against the matmul peak measured in the same run (and the vendor peak on GPU);
 * GradCache: the compiled pair step's memory at 256 and at 4096 pairs (same chunk size), and the plain step
@@ -42,7 +46,7 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-SECTIONS = ("inference", "train", "gradcache", "pipeline", "packing")
+SECTIONS = ("inference", "attention", "train", "gradcache", "pipeline", "packing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +74,18 @@ class Profile:
     pack_batch: int = 128
     pack_batches: int = 2
     pack_budget: int = 40
+    attention_lengths: tuple = (2048, 8192)
+    attention_impls: str = "dense,chunked"
 
 
 PROFILES = {
     "cpu": Profile(),
     "gpu": Profile(compute_dtype="bfloat16", matmul_sizes=(4096, 8192), mlm_batch=64, pair_batch=4096,
-                   pair_chunks=16, step_repeats=10, infer_repeats=20, pack_preset="base-de"),
+                   pair_chunks=16, step_repeats=10, infer_repeats=20, pack_preset="base-de",
+                   attention_lengths=(8192,), attention_impls="dense,chunked,cudnn,flash"),
+    "tpu": Profile(compute_dtype="bfloat16", matmul_sizes=(4096, 8192), mlm_batch=64, pair_batch=4096,
+                   pair_chunks=16, step_repeats=10, infer_repeats=20, pack_preset="base-de",
+                   attention_lengths=(8192,), attention_impls="dense,chunked,flash"),
 }
 
 
@@ -214,6 +224,24 @@ def _section(name: str, profile_name: str, p: Profile) -> dict:
     return _run_child([__file__, "--child", name, "--profile", profile_name, *overrides])
 
 
+def run_attention(p: Profile, log) -> dict:
+    """One child per (implementation, length); a failure (cuDNN refusing a shape, out of memory) is
+    recorded for that cell and the others still run."""
+    script = str(HERE / "attention_forward.py")
+    cells = []
+    for length in p.attention_lengths:
+        for impl in [i.strip() for i in p.attention_impls.split(",") if i.strip()]:
+            start = time.perf_counter()
+            try:
+                cell = _run_child([script, "--impl", impl, "--length", str(length), "--dtype", p.compute_dtype],
+                                  timeout=600)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                cell = {"impl": impl, "length": length, "error": str(e)[:120]}
+            cells.append(cell)
+            log(f"  attention {impl} {length}: {time.perf_counter() - start:.0f} s")
+    return {"cells": cells}
+
+
 def run_inference(p: Profile, log) -> dict:
     script = str(HERE / "inference.py")
     common = ["--compute_dtype", p.compute_dtype, "--repeats", str(p.infer_repeats),
@@ -268,6 +296,22 @@ def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
                      f"{jm / tm:.2f}"))
         rows.append((f"inference one {jl['tokens']}-token doc, first call s", f"JAX {jl['first_s']:.1f} (compiles)",
                      f"PyTorch export {tl['first_s']:.1f}", ""))
+    at = results.get("attention")
+    if at:
+        for length in sorted({c["length"] for c in at["cells"]}):
+            cells = [c for c in at["cells"] if c["length"] == length]
+            base = next((c for c in cells if c["impl"] == "dense" and "error" not in c), None)
+            for c in cells:
+                name = f"attention forward, 1 x {length} tokens, 12 x 64 heads, {c['impl']}"
+                if "error" in c:
+                    rows.append((name, "failed", c["error"], ""))
+                    continue
+                label, mem = _mem(c)
+                ratio = (f"{base['warm_s'] / c['warm_s']:.2f}x dense's speed, "
+                         f"{c['temp_bytes'] / max(base['temp_bytes'], 1):.3f}x its temp" if base and c is not base
+                         else "")
+                rows.append((name, f"{c['warm_s']:.3f} s, temp {_gb(c['temp_bytes'])} GB",
+                             f"{label} {mem:.2f}", ratio))
     tr = results.get("train")
     if tr:
         peak = tr["matmul_peak_flops"]
@@ -380,6 +424,8 @@ def main(argv=None) -> None:
     results["notes"] = {}
 
     def measure(name, p):
+        if name == "attention":
+            return run_attention(p, log)
         return run_inference(p, log) if name == "inference" else _section(name, args.profile, p)
 
     for name in sections:

@@ -1,4 +1,4 @@
-"""Attention with symmetric ALiBi, behind one function with three implementations.
+"""Attention with symmetric ALiBi, behind one function with four implementations.
 
 All implementations take ``q, k, v`` of shape ``[batch, length, heads, head_dim]`` and return the same
 shape. A key ``j`` is visible from query ``i`` when ``key_mask[b, j]`` is set and, if ``segment_ids`` is
@@ -7,15 +7,18 @@ given (packed rows), ``segment_ids[b, i] == segment_ids[b, j]``. Scores are
 
 * ``dense``: plain XLA, materialises ``[batch, heads, L, L]``. The reference; used for training at 512.
 * ``chunked``: blockwise with an online softmax (flash-attention recurrence) in plain JAX; the ALiBi bias is
-  computed per block from position offsets, so memory is linear in ``L``. Used on CPU/TPU for long inputs.
+  computed per block from position offsets, so memory is linear in ``L``. Long inputs on CPU.
 * ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` with the bias materialised once per
-  call (``[1, heads, L, L]`` in the compute dtype). Fast on NVIDIA GPUs for bf16/fp16 and head dim <= 128.
+  call (``[1, heads, L, L]`` in the compute dtype). NVIDIA GPUs, bf16/fp16, head dim <= 128; short inputs.
+* ``flash``: the Pallas kernels of ``bilingual.flash_attention`` (bias computed in the kernel, forward and
+  backward; Triton on GPU, Mosaic on TPU, the Pallas interpreter elsewhere). Long inputs on GPU and TPU.
 
-TPU: no stock kernel takes ALiBi slopes; long inputs fall back to ``chunked`` (XLA), short ones to
-``dense``. A Pallas flash kernel with a materialised bias would be the next step there.
+``auto`` never builds an ``[L, L]`` bias above ``chunked_min_length`` (``select_implementation``).
 
 Sharding: these functions contain no collectives; under ``jit`` the batch axis may be sharded over
-``data``/``fsdp`` and the heads axis over ``tensor``, and each device computes its own slice.
+``data``/``fsdp`` and the heads axis over ``tensor``, and each device computes its own slice. XLA cannot
+partition a Pallas call, so ``attention(..., partition=spec)`` runs ``flash`` under ``jax.shard_map`` over the
+active mesh with that spec (batch and heads split, length and head dim whole).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from bilingual import flash_attention as flash
 from bilingual.alibi import bias_block
 
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -138,19 +142,27 @@ def select_implementation(requested: str, *, length: int, head_dim: int, dtype, 
                           chunked_min_length: int, dropout_active: bool) -> str:
     """Resolve ``"auto"`` to a concrete implementation; validate forced choices.
 
-    ``auto``: attention dropout in training needs ``dense``; an NVIDIA GPU with bf16/fp16 and a
-    cuDNN-compatible head dim uses ``cudnn``; otherwise ``chunked`` above ``chunked_min_length`` tokens
-    and ``dense`` below.
+    ``auto``: attention dropout in training needs ``dense`` (an error above ``chunked_min_length``, where
+    ``dense`` would build ``[L, L]``: force ``attention_impl='dense'`` to accept that). Above
+    ``chunked_min_length``: ``flash`` where the kernel compiles for the platform (GPU: head dims that are
+    powers of two in [16, 256]; TPU), else ``chunked``. At or below it: ``cudnn`` on an NVIDIA GPU with
+    bf16/fp16 and a cuDNN-compatible head dim, else ``dense``.
     """
     dtype = jnp.dtype(dtype)
     cudnn_ok = (platform == "gpu" and dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
                 and head_dim <= 128 and head_dim % 8 == 0)
+    long = length > chunked_min_length
     if requested == "auto":
         if dropout_active:
+            if long:
+                raise ValueError(
+                    f"attention dropout at length {length} (> chunked_min_length={chunked_min_length}) would "
+                    "build the [L, L] attention matrix: set attention_dropout=0.0, or attention_impl='dense' "
+                    "to accept the quadratic memory")
             return "dense"
-        if cudnn_ok:
-            return "cudnn"
-        return "chunked" if length > chunked_min_length else "dense"
+        if long:
+            return "flash" if flash.platform_supported(platform, head_dim) else "chunked"
+        return "cudnn" if cudnn_ok else "dense"
     if dropout_active and requested != "dense":
         raise ValueError(
             f"attention_impl={requested!r} does not implement attention dropout; set "
@@ -159,16 +171,50 @@ def select_implementation(requested: str, *, length: int, head_dim: int, dtype, 
         raise ValueError(
             f"attention_impl='cudnn' needs an NVIDIA GPU, bf16/fp16 compute and head_dim <= 128 "
             f"(a multiple of 8); got platform={platform!r}, dtype={dtype.name}, head_dim={head_dim}")
+    if requested == "flash" and platform in ("gpu", "tpu") and not flash.platform_supported(platform, head_dim):
+        raise ValueError(
+            f"attention_impl='flash' on {platform} needs head_dim a power of two in [16, 256] (GPU) or <= 256 "
+            f"(TPU); got head_dim={head_dim}")
     return requested
 
 
+def _flash_sharded(q, k, v, slopes, key_mask, segment_ids, *, block_size: int, partition):
+    """``flash_attention`` on each device's slice: ``partition`` is the ``[B, L, H, D]`` PartitionSpec (length
+    and head dim must be unsharded); without an active mesh it is called directly. The slopes are split like
+    the heads, so each device's kernel sees its own heads' slopes."""
+    interpret = jax.default_backend() not in ("gpu", "tpu")
+    call = lambda q, k, v, slopes, m, s: flash.flash_attention(
+        q, k, v, slopes, m, s, block_q=block_size, block_k=block_size, interpret=interpret)
+    slopes = jnp.asarray(slopes, jnp.float32)
+    mesh = jax.sharding.get_abstract_mesh()
+    if partition is None or mesh.empty:
+        return call(q, k, v, slopes, key_mask, segment_ids)
+    partition = jax.sharding.PartitionSpec(*partition, *([None] * (4 - len(partition))))
+    if partition[1] is not None or partition[3] is not None:
+        raise ValueError(f"flash attention cannot split the length or head dim across devices: {partition}")
+    rows, heads = jax.sharding.PartitionSpec(partition[0], None), jax.sharding.PartitionSpec(partition[2])
+    specs = (partition,) * 3 + (heads, rows)
+    if segment_ids is None:
+        return jax.shard_map(lambda *a: call(*a, None), in_specs=specs, out_specs=partition,
+                             check_vma=False)(q, k, v, slopes, key_mask)
+    return jax.shard_map(call, in_specs=specs + (rows,), out_specs=partition,
+                         check_vma=False)(q, k, v, slopes, key_mask, segment_ids)
+
+
 def attention(q, k, v, slopes, key_mask, segment_ids=None, *, implementation: str, block_size: int = 512,
-              dropout=None):
-    """Dispatch to one implementation (already resolved by ``select_implementation``)."""
+              flash_block_size: int = 128, dropout=None, partition=None):
+    """Dispatch to one implementation (already resolved by ``select_implementation``).
+
+    ``partition``: the PartitionSpec of ``q``/``k``/``v`` on the active mesh, used by ``flash`` only (see the
+    module docstring); ``block_size`` is the chunked implementation's block, ``flash_block_size`` the kernel's.
+    """
     if implementation == "dense":
         return dense_attention(q, k, v, slopes, key_mask, segment_ids, dropout=dropout)
     if implementation == "chunked":
         return chunked_attention(q, k, v, slopes, key_mask, segment_ids, block_size=block_size)
     if implementation == "cudnn":
         return fused_attention(q, k, v, slopes, key_mask, segment_ids, implementation="cudnn")
+    if implementation == "flash":
+        return _flash_sharded(q, k, v, slopes, key_mask, segment_ids, block_size=flash_block_size,
+                              partition=partition)
     raise ValueError(f"unknown attention implementation {implementation!r}")

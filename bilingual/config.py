@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 FEED_FORWARD_TYPES = ("geglu", "reglu")
-ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "chunked", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "chunked", "cudnn", "flash")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # "post_ln": the jina-bert-implementation layer (base-de, the English models).
 # "qk_post_norm": the published jina-bert-v2-qk-post-norm layer (base-es).
@@ -55,10 +55,13 @@ class EncoderConfig:
       initializer_range: stddev of the truncated-normal initialiser (BERT's 0.02).
       compute_dtype: dtype of activations and matmuls; parameters are always float32. bf16 on
         accelerators, float32 on CPU (no fast bf16 there).
-      attention_impl: ``"auto"`` picks per platform and length (``bilingual.attention.select``);
-        ``"dense"``, ``"chunked"`` or ``"cudnn"`` force one.
+      attention_impl: ``"auto"`` picks per platform and length (``bilingual.attention.select_implementation``);
+        ``"dense"``, ``"chunked"``, ``"cudnn"`` or ``"flash"`` (the Pallas kernel,
+        ``bilingual.flash_attention``; interpreted, slowly, on CPU) force one.
       attention_block_size: query/key block of the chunked implementation.
-      chunked_min_length: with ``"auto"``, lengths above this use the chunked implementation.
+      flash_block_size: query and key block of the flash kernel (a power of two >= 8).
+      chunked_min_length: with ``"auto"``, lengths above this never build an ``[L, L]`` bias: they use the
+        flash kernel where it compiles (GPU, TPU) and the chunked implementation elsewhere.
       remat: rematerialise each layer in the backward pass (saves activation memory).
     """
 
@@ -81,6 +84,7 @@ class EncoderConfig:
     compute_dtype: str = "float32"
     attention_impl: str = "auto"
     attention_block_size: int = 512
+    flash_block_size: int = 128
     chunked_min_length: int = 1024
     remat: bool = False
 
@@ -113,6 +117,9 @@ class EncoderConfig:
             raise ConfigError(
                 f"EncoderConfig.pad_token_id ({self.pad_token_id}) must be a valid id below "
                 f"vocab_size ({self.vocab_size})")
+        if self.flash_block_size < 8 or self.flash_block_size & (self.flash_block_size - 1):
+            raise ConfigError(
+                f"EncoderConfig.flash_block_size must be a power of two >= 8, got {self.flash_block_size!r}")
         if self.chunked_min_length < 0:
             raise ConfigError(f"EncoderConfig.chunked_min_length must be >= 0, got {self.chunked_min_length}")
 

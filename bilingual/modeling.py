@@ -133,8 +133,10 @@ class SelfAttention(nn.Module):
         if dropout_active:
             dropout = lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=False)
         slopes = jnp.asarray(alibi_slopes(cfg.num_heads))
+        partition = nn.logical_to_mesh_axes((BATCH, LENGTH, HEADS, KV)) if impl == "flash" else None
         out = attn.attention(q, k, v, slopes, key_mask, segment_ids, implementation=impl,
-                             block_size=cfg.attention_block_size, dropout=dropout)
+                             block_size=cfg.attention_block_size, flash_block_size=cfg.flash_block_size,
+                             dropout=dropout, partition=partition)
         return _constrain(out, (BATCH, LENGTH, HEADS, KV))
 
 

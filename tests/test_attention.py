@@ -104,18 +104,36 @@ def test_dense_matches_explicit_softmax_formula():
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(platform="cpu", length=512, dtype=jnp.float32), "dense"),
     (dict(platform="cpu", length=8192, dtype=jnp.float32), "chunked"),
-    (dict(platform="tpu", length=8192, dtype=jnp.bfloat16), "chunked"),
+    (dict(platform="tpu", length=512, dtype=jnp.bfloat16), "dense"),
+    (dict(platform="tpu", length=8192, dtype=jnp.bfloat16), "flash"),
     (dict(platform="gpu", length=512, dtype=jnp.bfloat16), "cudnn"),
-    (dict(platform="gpu", length=8192, dtype=jnp.float32), "chunked"),
+    (dict(platform="gpu", length=1024, dtype=jnp.bfloat16), "cudnn"),  # at the threshold: still short
+    (dict(platform="gpu", length=1025, dtype=jnp.bfloat16), "flash"),
+    (dict(platform="gpu", length=8192, dtype=jnp.float32), "flash"),
+    (dict(platform="gpu", length=512, dtype=jnp.float32), "dense"),
+    (dict(platform="gpu", length=8192, dtype=jnp.bfloat16, head_dim=48), "chunked"),  # no Triton tile of 48
 ])
 def test_auto_selection(kwargs, expected):
-    got = attn.select_implementation("auto", head_dim=64, chunked_min_length=1024, dropout_active=False, **kwargs)
+    """Above chunked_min_length no platform gets an implementation that builds [L, L] (dense or cudnn)."""
+    kwargs = {"head_dim": 64, **kwargs}
+    got = attn.select_implementation("auto", chunked_min_length=1024, dropout_active=False, **kwargs)
     assert got == expected
 
 
-def test_auto_selection_with_attention_dropout_uses_dense():
-    assert attn.select_implementation("auto", length=8192, head_dim=64, dtype=jnp.float32, platform="cpu",
+def test_auto_selection_with_attention_dropout_uses_dense_and_refuses_long_inputs():
+    assert attn.select_implementation("auto", length=1024, head_dim=64, dtype=jnp.float32, platform="cpu",
                                       chunked_min_length=1024, dropout_active=True) == "dense"
+    with pytest.raises(ValueError, match=r"attention dropout at length 8192.*attention_dropout=0.0"):
+        attn.select_implementation("auto", length=8192, head_dim=64, dtype=jnp.float32, platform="cpu",
+                                   chunked_min_length=1024, dropout_active=True)
+    assert attn.select_implementation("dense", length=8192, head_dim=64, dtype=jnp.float32, platform="cpu",
+                                      chunked_min_length=1024, dropout_active=True) == "dense"
+
+
+def test_forced_flash_with_an_untileable_head_dim_is_a_clear_error():
+    with pytest.raises(ValueError, match="flash.*head_dim=48"):
+        attn.select_implementation("flash", length=128, head_dim=48, dtype=jnp.bfloat16, platform="gpu",
+                                   chunked_min_length=1024, dropout_active=False)
 
 
 def test_forced_cudnn_on_cpu_is_a_clear_error():

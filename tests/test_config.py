@@ -134,7 +134,7 @@ def test_masked_lm_layout_has_bert_prefix_and_cls_predictions():
 @pytest.mark.parametrize("overrides,field", [
     (dict(hidden_size=100, num_heads=12), "num_heads"),
     (dict(feed_forward_type="swiglu"), "feed_forward_type"),
-    (dict(attention_impl="flash"), "attention_impl"),
+    (dict(attention_impl="splash"), "attention_impl"),
     (dict(compute_dtype="float64"), "compute_dtype"),
     (dict(num_layers=0), "num_layers"),
     (dict(hidden_dropout=1.5), "hidden_dropout"),

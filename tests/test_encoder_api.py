@@ -141,7 +141,7 @@ def test_attention_implementation_override(model, encoder):
     assert chunked.config.attention_impl == "chunked" and encoder.config.attention_impl == "auto"
     np.testing.assert_allclose(chunked.encode(TEXTS, batch_size=4), encoder.encode(TEXTS, batch_size=4), atol=1e-5)
     with pytest.raises(Exception, match="attention_impl"):
-        Encoder(*model, build_tokenizer(), attention_impl="flash")
+        Encoder(*model, build_tokenizer(), attention_impl="splash")
 
 
 def test_bad_arguments(model, encoder):

@@ -36,7 +36,8 @@ def _assert_same_tensors(a, b):
 
 
 def _model_fields(config):
-    runtime = {"compute_dtype", "attention_impl", "attention_block_size", "chunked_min_length", "remat"}
+    runtime = {"compute_dtype", "attention_impl", "attention_block_size", "flash_block_size",
+               "chunked_min_length", "remat"}
     return {k: v for k, v in config.to_dict().items() if k not in runtime}
 
 
