@@ -191,7 +191,10 @@ def test_kernels_lower_for_gpu_triton_and_compile_for_a_tpu_chip(tmp_path):
             row = lambda dtype: jax.ShapeDtypeStruct((B, L), dtype, sharding=sharding)
             return [jax.ShapeDtypeStruct((B, L, H, D), jnp.bfloat16, sharding=sharding)] * 3 + [
                 row(jnp.bool_), row(jnp.int32)]
-        text = jax.jit(step("gpu")).trace(*shapes()).lower(lowering_platforms=("cuda",)).as_text()
+        # no GPU here: name the target chip (JAX >= 0.12 refuses a Triton lowering without one; H200 = sm_90)
+        h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=None, platform="gpu")
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h200)):
+            text = jax.jit(step("gpu")).trace(*shapes()).lower(lowering_platforms=("cuda",)).as_text()
         print("triton kernels:", text.count('stablehlo.custom_call @__gpu$xla.gpu.triton('))
         if sys.argv[1] == "tpu":
             from launch import compile_for, topology

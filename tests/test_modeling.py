@@ -165,8 +165,18 @@ def test_remat_gives_the_same_gradients():
         loss = lambda p: jnp.sum(JinaBert(cfg).apply({"params": p}, ids, mask).embedding ** 2)
         return jax.grad(loss)(params)
 
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
-                 grads(config), grads(config.replace(remat=True)))
+    # Error model: remat recomputes the forward with other fusions, so each entry differs by f32 rounding
+    # (eps = 1.2e-7) of terms up to the leaf's largest gradient, accumulated over 24 positions x 2 layers:
+    # bound 64 eps x max|leaf| (measured: <= 2.3 eps x max|leaf| on jax 0.10 and 0.12). The scale has a floor
+    # of 1, the size of the gradients flowing back from this loss: a leaf whose exact gradient cancels to 0
+    # (measured 1e-10: a bias feeding a LayerNorm) holds only that rounding. A remat that dropped or
+    # reordered a layer's contribution is off by O(max|leaf|).
+    def close(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        scale = max(float(np.abs(a).max()), 1.0)
+        np.testing.assert_allclose(a, b, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
+
+    jax.tree.map(close, grads(config), grads(config.replace(remat=True)))
 
 
 def test_dropout_only_in_training_mode():
