@@ -74,9 +74,10 @@ class Profile:
     pack_batch: int = 128
     pack_batches: int = 2
     pack_budget: int = 40
-    # rematerialise each layer in the packing row (all three variants alike): base-de padded to 512 at 32 pairs
-    # fits 23 GB this way (``--set pack_preset=base-de --set pack_batch=32 --set pack_remat=true``), and the
-    # accelerator profiles' 128 pairs padded to 512 fit one chip
+    # rematerialise each layer in the packing row (all three variants alike), meant to let base-de padded to
+    # 512 fit. Measured 2026-12-03 on XLA:CPU it does NOT lower the compiled memory (tiny pair step 8 x 512:
+    # 0.72 GB without, 0.71 GB with; base-de at 32 pairs with it still asked for 73 GB): unexplained, see
+    # notes/issue-15.md. The accelerator profiles turn it on; check their memory there before relying on it.
     pack_remat: bool = False
     attention_lengths: tuple = (2048, 8192)
     attention_impls: str = "dense,chunked"
