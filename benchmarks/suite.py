@@ -74,11 +74,6 @@ class Profile:
     pack_batch: int = 128
     pack_batches: int = 2
     pack_budget: int = 40
-    # rematerialise each layer in the packing row (all three variants alike), meant to let base-de padded to
-    # 512 fit. Measured 2026-12-03 on XLA:CPU it does NOT lower the compiled memory (tiny pair step 8 x 512:
-    # 0.72 GB without, 0.71 GB with; base-de at 32 pairs with it still asked for 73 GB): unexplained, see
-    # notes/issue-15.md. The accelerator profiles turn it on; check their memory there before relying on it.
-    pack_remat: bool = False
     attention_lengths: tuple = (2048, 8192)
     attention_impls: str = "dense,chunked"
 
@@ -87,10 +82,10 @@ PROFILES = {
     "cpu": Profile(),
     "gpu": Profile(compute_dtype="bfloat16", matmul_sizes=(4096, 8192), mlm_batch=64, pair_batch=4096,
                    pair_chunks=16, step_repeats=10, infer_repeats=20, pack_preset="base-de",
-                   pack_remat=True, attention_lengths=(8192,), attention_impls="dense,chunked,cudnn,flash"),
+                   attention_lengths=(8192,), attention_impls="dense,chunked,cudnn,flash"),
     "tpu": Profile(compute_dtype="bfloat16", matmul_sizes=(4096, 8192), mlm_batch=64, pair_batch=4096,
                    pair_chunks=16, step_repeats=10, infer_repeats=20, pack_preset="base-de",
-                   pack_remat=True, attention_lengths=(8192,), attention_impls="dense,chunked,flash"),
+                   attention_lengths=(8192,), attention_impls="dense,chunked,flash"),
 }
 
 
@@ -170,7 +165,7 @@ def _child_packing(p: Profile) -> dict:
     real_tokens = sum(int(b["query_mask"].sum() + b["passage_mask"].sum()) for b in padded)
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     config = get_config(p.pack_preset, hidden_dropout=0.0, compute_dtype=p.compute_dtype,
-                        attention_impl=p.attention_impl, remat=p.pack_remat)
+                        attention_impl=p.attention_impl)
     model, tx, example, shardings, fn = train_step.setup("pairs", config, steps.StepConfig(dropout=False), mesh)
     out = {"batch": p.pack_batch, "batches": p.pack_batches, "real_tokens": real_tokens,
            "block_rows": int(packed[0]["query_ids"].shape[1]), "longest": [int(b["query_ids"].shape[1]) for b in longest]}
@@ -216,10 +211,6 @@ def apply_overrides(profile: Profile, items: list[str], error) -> Profile:
         try:
             if isinstance(current, tuple):
                 changes[name] = tuple(int(v) for v in value.split(","))
-            elif isinstance(current, bool):  # bool("false") is True
-                if value.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(value)
-                changes[name] = value.lower() in ("true", "1")
             else:
                 changes[name] = type(current)(value)
         except ValueError:
@@ -349,8 +340,8 @@ def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
     if pk:
         for base in ("padded_512", "padded_longest"):
             goal = "goal >= 5x" if base == "padded_512" else "goal >= 1.5x"
-            rows.append((f"{p.pack_preset} pair step{' (remat)' if p.pack_remat else ''}, real de-en/de pairs, "
-                         f"{pk['batch']} pairs x {pk['batches']} batches, texts/s: packed vs {base.replace('_', ' ')}",
+            rows.append((f"{p.pack_preset} pair step, real de-en/de pairs, {pk['batch']} pairs x {pk['batches']} "
+                         f"batches, texts/s: packed vs {base.replace('_', ' ')}",
                          f"{pk['packed']['texts_per_s']:.1f}", f"{pk[base]['texts_per_s']:.1f}",
                          f"{pk['packed']['texts_per_s'] / pk[base]['texts_per_s']:.2f}x ({goal})"))
         rows.append(("  tokens computed per run (real tokens " + str(pk["real_tokens"]) + ")",

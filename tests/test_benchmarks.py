@@ -48,12 +48,6 @@ def test_overrides_are_typed_and_checked():
     with pytest.raises(SystemExit):
         suite.apply_overrides(p, ["mlm_batch=eight"], error)
     assert "'eight' is not a valid int" in errors[-1]
-    # bools parse by name (the parent passes every field as "True"/"False"), not by Python truthiness
-    assert suite.apply_overrides(p, ["pack_remat=true"], error).pack_remat is True
-    assert suite.apply_overrides(suite.PROFILES["gpu"], ["pack_remat=False"], error).pack_remat is False
-    with pytest.raises(SystemExit):
-        suite.apply_overrides(p, ["pack_remat=yes please"], error)
-    assert "is not a valid bool" in errors[-1]
 
 
 def test_table_from_recorded_gpu_run():
