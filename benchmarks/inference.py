@@ -3,8 +3,9 @@
 One run, same machine, same random `base-de` weights (exported once to a temporary Hugging Face directory):
 
 * 2,000 bundled sentences (`data/demo/eval/`, de/en/es) embedded by `bilingual.Encoder` (packed: whole
-  texts, longest first, in rows of 256 tokens and two block shapes, `bilingual.packing`; texts above a row
-  padded in length buckets), by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads, and
+  texts, longest first, in rows of `Encoder.pack_row_length` tokens, 64 on CPU and 256 on accelerators, and
+  two block shapes, `bilingual.packing`; texts above a row padded in length buckets; `--jax_rows 64,256,off`
+  adds a JAX column per row length, `off` = `packing=False`), by `SentenceTransformer(export, trust_remote_code=True)` with 2 torch threads, and
   by onnxruntime (CPU, 2 intra-op threads) on the export's `onnx/model.onnx`
   (`bilingual.export.onnx_export.onnx_encoder`: the same tokenizer, batches and pooling as
   sentence-transformers): tokens/s and the ratios;
@@ -13,7 +14,7 @@ One run, same machine, same random `base-de` weights (exported once to a tempora
 Each measurement runs in a fresh subprocess, so peak RSS is that measurement's own. A byte-level BPE
 tokenizer is trained on the same sentences first (seconds); the model is untrained, which does not change speed.
 
-    python benchmarks/inference.py [--sentences 2000] [--skip_long] [--preset base-de]
+    python benchmarks/inference.py [--sentences 2000] [--skip_long] [--preset base-de] [--jax_rows default]
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def _layer_norm_ones(params):
 
 
 def run_jax(workdir: pathlib.Path, which: str, compute_dtype: str = "float32", repeats: int = 3,
-            attention_impl: str = "auto") -> dict:
+            attention_impl: str = "auto", rows: str = "default") -> dict:
+    """``rows``: the packed-row length (an int), ``default`` (the platform's) or ``off`` (no packing)."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import jax
@@ -141,14 +143,16 @@ def run_jax(workdir: pathlib.Path, which: str, compute_dtype: str = "float32", r
     from bilingual import Encoder
 
     inputs = json.loads((workdir / "inputs.json").read_text())
-    encoder = Encoder.from_checkpoint(workdir / "export", compute_dtype=compute_dtype, attention_impl=attention_impl)
+    encoder = Encoder.from_checkpoint(workdir / "export", compute_dtype=compute_dtype, attention_impl=attention_impl,
+                                      pack_row_length=None if rows in ("default", "off") else int(rows))
     result = _timed(lambda texts, max_length: encoder.encode(texts, batch_size=32, max_length=max_length,
-                                                             show_progress=False),
+                                                             show_progress=False, packing=rows != "off"),
                     encoder.tokenizer, inputs, which, repeats)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     if stats:
         result["peak_device_gb"] = stats.get("peak_bytes_in_use", 0) / 2 ** 30
     result["backend"] = jax.default_backend()
+    result["row_length"] = encoder.pack_row_length if rows != "off" else None
     return result
 
 
@@ -249,6 +253,9 @@ def main() -> None:
     parser.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--attention_impl", default="auto", help="JAX side: auto, dense, chunked, cudnn")
     parser.add_argument("--repeats", type=int, default=3, help="warm calls timed per measurement (median)")
+    parser.add_argument("--jax_rows", default="default",
+                        help="JAX columns, comma-separated: packed-row lengths, 'default' (the platform's: 64 on "
+                             "CPU, 256 elsewhere) or 'off' (padded length buckets, packing=False)")
     parser.add_argument("--rows", type=int, default=32, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, default=128, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -260,7 +267,8 @@ def main() -> None:
             result = {}
         else:
             run = {"jax": run_jax, "torch": run_torch, "onnx": run_onnx}[args.child]
-            result = run(workdir, args.which, args.compute_dtype, args.repeats, args.attention_impl)
+            extra = {"rows": args.jax_rows} if args.child == "jax" else {}
+            result = run(workdir, args.which, args.compute_dtype, args.repeats, args.attention_impl, **extra)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
         print(json.dumps(result))
         return
@@ -270,18 +278,24 @@ def main() -> None:
         workdir = pathlib.Path(tmp)
         subprocess.run([sys.executable, __file__, "--child", "prepare", "--workdir", tmp, "--preset", args.preset,
                         "--sentences", str(args.sentences)], check=True, capture_output=True)
-        jax_s, torch_s = child("jax", "sentences", workdir), child("torch", "sentences", workdir)
-        onnx_s = child("onnx", "sentences", workdir)
-        print(f"\n{args.sentences} bundled sentences ({jax_s['tokens']} tokens), batch 32, max 512 tokens")
-        print(f"  {'':34s} {'JAX':>10s} {'PyTorch':>10s} {'ONNX RT':>10s}")
-        print(f"  {'tokens/s (second pass)':34s} {jax_s['tokens_per_s']:10.0f} {torch_s['tokens_per_s']:10.0f} "
-              f"{onnx_s['tokens_per_s']:10.0f}")
-        print(f"  {'first pass incl. compile (s)':34s} {jax_s['first_s']:10.1f} {torch_s['first_s']:10.1f} "
-              f"{onnx_s['first_s']:10.1f}")
-        print(f"  {'peak RSS (GB)':34s} {jax_s['peak_rss_gb']:10.2f} {torch_s['peak_rss_gb']:10.2f} "
-              f"{onnx_s['peak_rss_gb']:10.2f}")
-        print(f"  JAX / PyTorch throughput: {jax_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x; "
-              f"ONNX RT / PyTorch: {onnx_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x")
+        variants = [v.strip() for v in args.jax_rows.split(",") if v.strip()]
+        jax_runs = [child("jax", "sentences", workdir, "--jax_rows", v) for v in variants]
+        jax_s = jax_runs[0]
+        torch_s, onnx_s = child("torch", "sentences", workdir), child("onnx", "sentences", workdir)
+        columns = [(f"JAX {r['row_length'] or 'off'}" if len(jax_runs) > 1 else "JAX", r) for r in jax_runs]
+        columns += [("PyTorch", torch_s), ("ONNX RT", onnx_s)]
+        print(f"\n{args.sentences} bundled sentences ({jax_s['tokens']} tokens), batch 32, max 512 tokens"
+              + (f"; JAX packed rows of {jax_s['row_length']} tokens" if len(jax_runs) == 1 and jax_s["row_length"]
+                 else ""))
+        print(f"  {'':34s} " + " ".join(f"{name:>10s}" for name, _ in columns))
+        for label, key, fmt in (("tokens/s (second pass)", "tokens_per_s", "10.0f"),
+                                ("first pass incl. compile (s)", "first_s", "10.1f"),
+                                ("peak RSS (GB)", "peak_rss_gb", "10.2f")):
+            print(f"  {label:34s} " + " ".join(format(r[key], fmt) for _, r in columns))
+        for name, r in columns[:-2]:
+            print(f"  {name} / PyTorch throughput: {r['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x, "
+                  f"first pass {r['first_s'] / torch_s['first_s']:.2f}x PyTorch's")
+        print(f"  ONNX RT / PyTorch: {onnx_s['tokens_per_s'] / torch_s['tokens_per_s']:.2f}x")
         if not args.skip_long:
             jax_l, torch_l = child("jax", "long", workdir), child("torch", "long", workdir)
             print(f"\none {jax_l['tokens']}-token document")

@@ -1,7 +1,7 @@
 """``Encoder``: texts in, float32 embeddings out, from a checkpoint or in-memory parameters.
 
 ``encode`` tokenizes without padding and packs the texts, longest first, whole into blocks of rows of
-``PACK_ROW_LENGTH`` tokens (``bilingual.packing``: segment ids keep the texts apart, one masked mean per
+``Encoder.pack_row_length`` tokens (per platform by default, ``default_pack_row_length``; ``bilingual.packing``: segment ids keep the texts apart, one masked mean per
 segment), in one of two fixed block shapes (``batch_size`` rows, and an eighth of that for the last texts;
 a call with no more texts than the small block has rows, e.g. one query, runs padded, one row per text),
 so a whole evaluation compiles the model twice and computes almost no padding; the embeddings equal those
@@ -39,11 +39,22 @@ logger = logging.getLogger(__name__)
 MAX_SUPPORTED_LENGTH = 8192
 DEFAULT_MAX_LENGTH = 512
 TRAINED_MAX_LENGTH = 512  # the training length of every stage (TRAINING.md); ALiBi extrapolates beyond it
-PACK_ROW_LENGTH = 256  # tokens per packed row: dense attention per row stays cheap; longer texts are bucketed
+# Tokens per packed row, per platform (``default_pack_row_length``); longer texts take the bucketed path.
+# Per-row attention is quadratic in the row, so short rows pay where attention's elementwise work is dear:
+# on XLA:CPU at base-de, 1,000 bundled sentences, batch 32 (notes/issue-15.md), rows of 64 ran 461 tokens/s
+# (first pass 87 s) against 349 (108 s) for 128 and 288 (131 s) for 256, and the bucket path 434 (104 s).
+# Accelerators keep 256 (fewer, fuller blocks for the matrix units), not yet measured on one.
+PACK_ROW_LENGTH = 256
+PACK_ROW_LENGTH_BY_PLATFORM = {"cpu": 64}
 PACK_TOKENS_PER_TEXT = 8  # texts per block at most: rows * row length / this (bounds the pooled output)
 SMALL_BLOCK_FRACTION = 8  # the second block shape has batch_size / 8 rows (the last few texts, single queries)
 MIN_BUCKET_LENGTH = 16
 AUTO_PROGRESS_MIN_BATCHES = 16
+
+
+def default_pack_row_length(platform: str) -> int:
+    """Packed-row length ``encode`` uses on ``platform`` (a ``jax.Device.platform``: "cpu", "gpu", "tpu")."""
+    return PACK_ROW_LENGTH_BY_PLATFORM.get(platform, PACK_ROW_LENGTH)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -159,11 +170,14 @@ class Encoder:
       attention_impl: override ``config.attention_impl`` (``"dense"``, ``"chunked"``, ``"cudnn"``; default
         ``"auto"`` picks per platform and length).
       data_parallel: split each batch across all local devices.
+      pack_row_length: tokens per packed row of ``encode`` (texts up to it are packed, longer ones padded),
+        an int from 8 to 8192; ``None``: ``default_pack_row_length`` of the device's platform (64 on CPU,
+        256 on accelerators).
     """
 
     def __init__(self, config: EncoderConfig, params, tokenizer, *, compute_dtype: Optional[str] = None,
                  attention_impl: Optional[str] = None, data_parallel: bool = False,
-                 name: str = "bilingual-encoder"):
+                 pack_row_length: Optional[int] = None, name: str = "bilingual-encoder"):
         if compute_dtype is not None:
             config = config.replace(compute_dtype=compute_dtype)
         if attention_impl is not None:
@@ -185,6 +199,8 @@ class Encoder:
         else:
             self._batch_sharding = param_sharding = jax.sharding.SingleDeviceSharding(self._devices[0])
         self._param_sharding = param_sharding
+        self.pack_row_length = (default_pack_row_length(self._devices[0].platform) if pack_row_length is None
+                                else _int_argument(pack_row_length, "pack_row_length", 8, MAX_SUPPORTED_LENGTH))
         self.set_params(params)
         self._forward = _compiled_forward(config)
         self._packed_forward = _compiled_packed_forward(config)
@@ -238,14 +254,14 @@ class Encoder:
           texts: one ``str``, or a sequence of them (list, tuple, 1-D numpy array); anything else (dict,
             set, bytes, None, a generator) is a ``TypeError`` (see :func:`as_texts`).
           batch_size: rows per forward pass, an int >= 1: packed blocks have ``batch_size`` rows of
-            ``PACK_ROW_LENGTH`` tokens (or ``batch_size / 8`` for the last texts); padded batches (texts
+            ``pack_row_length`` tokens (or ``batch_size / 8`` for the last texts); padded batches (texts
             longer than a row) ``batch_size`` texts, padded up to a power of two <= batch_size.
           max_length: tokens kept per text (truncation, logged as a warning), an int from 2 to 8192 and
             ``config.max_length``; ``None``: 512 (or ``config.max_length`` if smaller). Out of range:
             ``ValueError``; above the trained 512 a warning, once per encoder.
           normalize: L2-normalise each embedding (cosine similarity = dot product).
           show_progress: tqdm bar over forward passes; ``None`` shows it for more than 16.
-          packing: pack texts up to ``PACK_ROW_LENGTH`` tokens into rows (default); False pads every batch.
+          packing: pack texts up to ``pack_row_length`` tokens into rows (default); False pads every batch.
         """
         single = isinstance(texts, str)
         texts = [texts] if single else as_texts(texts)
@@ -264,7 +280,7 @@ class Encoder:
 
         ids = self.tokenize(texts, max_length)
         out = np.empty((len(texts), hidden), np.float32)
-        row_length = min(PACK_ROW_LENGTH, max_length) if packing else 0
+        row_length = min(self.pack_row_length, max_length) if packing else 0
         packed = [i for i, x in enumerate(ids) if len(x) <= row_length]
         rest = [i for i, x in enumerate(ids) if len(x) > row_length]
         if packing and len(packed) <= self.block_shapes(batch_size, row_length)[1][0]:
