@@ -226,7 +226,8 @@ def compile_config(config, topo: topology_lib.Topology, sequence_lengths: Option
                             analytic_flops=float(objective.flops(task_type, shapes)))
         start = time.perf_counter()
         try:
-            compiled, memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state, shapes)
+            compiled, memory = sharded.compile_step(step_fns[task_type], mesh, shardings, state, shapes,
+                                                    rng_impl=config.dropout_prng)
         except jax.errors.JaxRuntimeError as err:
             if not _is_out_of_memory(err):
                 raise

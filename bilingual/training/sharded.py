@@ -89,8 +89,11 @@ def put_batch(mesh: Mesh, local_batch) -> dict:
 
 
 def compile_step(step_fn: Callable, mesh: Mesh, shardings, example_state, example_batch,
-                 rules=sharding.LOGICAL_RULES):
+                 rules=sharding.LOGICAL_RULES, rng_impl: Optional[str] = None):
     """AOT-compile ``step_fn(state, batch, rng)`` with explicit shardings and the state donated.
+
+    ``rng_impl``: the ``jax.random`` implementation of the step key (``TrainConfig.dropout_prng``; None:
+    the default, threefry); the compiled step takes only keys of that implementation.
 
     ``example_batch`` and ``example_state`` may hold arrays or ``jax.ShapeDtypeStruct`` (the batch with *global*
     shapes); nothing is placed on the mesh, so its devices may be compile-only ones (``launch.compile_for``).
@@ -103,7 +106,7 @@ def compile_step(step_fn: Callable, mesh: Mesh, shardings, example_state, exampl
     batch_shapes = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype if not hasattr(v, "dtype") else v.dtype)
                     for k, v in example_batch.items()}
     state_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_state)
-    rng_shape = jax.eval_shape(lambda: jax.random.key(0))  # abstract: the mesh's devices may be compile-only
+    rng_shape = jax.eval_shape(lambda: jax.random.key(0, impl=rng_impl))  # abstract: the mesh's devices may be compile-only
     with sharding.sharding_context(mesh, rules):
         compiled = jitted.lower(state_shapes, batch_shapes, rng_shape).compile()
     return compiled, compiled.memory_analysis()
