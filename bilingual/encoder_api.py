@@ -1,8 +1,8 @@
 """``Encoder``: texts in, float32 embeddings out, from a checkpoint or in-memory parameters.
 
 ``encode`` tokenizes without padding and packs the texts, longest first, whole into blocks of rows of
-``Encoder.pack_row_length`` tokens (per platform by default, ``default_pack_row_length``; ``bilingual.packing``: segment ids keep the texts apart, one masked mean per
-segment), in one of two fixed block shapes (``batch_size`` rows, and an eighth of that for the last texts;
+``Encoder.pack_row_length`` tokens (per platform by default, ``default_pack_row_length``;
+``bilingual.packing``: segment ids keep the texts apart, one masked mean per segment), in one of two fixed block shapes (``batch_size`` rows, and an eighth of that for the last texts;
 a call with no more texts than the small block has rows, e.g. one query, runs padded, one row per text),
 so a whole evaluation compiles the model twice and computes almost no padding; the embeddings equal those
 of each text encoded alone (tested, <= 1e-5). Texts longer than a row (up to 8192 tokens) run as before in
