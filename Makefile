@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(PY) -m launch.demo --fresh
 
 test: $(STAMP) $(LIBTPU_STAMP) $(COMPAT_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/suite.py --json bench.json

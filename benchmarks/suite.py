@@ -25,7 +25,7 @@ Rows (each measured in a fresh subprocess, so peak memory is that measurement's 
 * packing (needs tensorflow/seqio): the pair step on real batches of the bundled de-en and de pairs
   (`pairs_mix_de`), real texts per second, packed (`bilingual.packing`, rows of 512, the budget of
   `gin/stages/pairs.gin`) vs padded to 512 vs padded to each batch's longest text (every shape compiled
-  before timing).
+  before timing), all three with the same GradCache chunks (`pack_chunks`; the packer's units = chunks).
 
 Figures vary run to run on a shared machine: compare ratios within one run, not across runs.
 """
@@ -74,6 +74,10 @@ class Profile:
     pack_batch: int = 128
     pack_batches: int = 2
     pack_budget: int = 40
+    # GradCache chunks of every variant of the packing row (packed units = chunks): the same chunking for all
+    # three, so the comparison stays one of layouts; on CPU, base-de padded to 512 fits only in chunks of
+    # about 4 pairs (~1.15 GB of XLA:CPU buffers per 512-token text, measured: 37 GB at 16 pairs unchunked)
+    pack_chunks: int = 1
     attention_lengths: tuple = (2048, 8192)
     attention_impls: str = "dense,chunked"
 
@@ -148,7 +152,7 @@ def _child_packing(p: Profile) -> dict:
                        show_progress=False)
     demo.register_demo_tasks(tok_dir)
     lengths = {"query": 512, "passage": 512}
-    packing = {"tokens_per_text": {"query": p.pack_budget, "passage": p.pack_budget}, "units": 1}
+    packing = {"tokens_per_text": {"query": p.pack_budget, "passage": p.pack_budget}, "units": p.pack_chunks}
 
     def batches(**options):
         with batching.make_batch_iterator("pairs_mix_de", batch_size=p.pack_batch, sequence_lengths=lengths,
@@ -166,8 +170,9 @@ def _child_packing(p: Profile) -> dict:
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     config = get_config(p.pack_preset, hidden_dropout=0.0, compute_dtype=p.compute_dtype,
                         attention_impl=p.attention_impl)
-    model, tx, example, shardings, fn = train_step.setup("pairs", config, steps.StepConfig(dropout=False), mesh)
-    out = {"batch": p.pack_batch, "batches": p.pack_batches, "real_tokens": real_tokens,
+    step_config = steps.StepConfig(dropout=False, gradcache_chunks=p.pack_chunks)
+    model, tx, example, shardings, fn = train_step.setup("pairs", config, step_config, mesh)
+    out = {"batch": p.pack_batch, "batches": p.pack_batches, "chunks": p.pack_chunks, "real_tokens": real_tokens,
            "block_rows": int(packed[0]["query_ids"].shape[1]), "longest": [int(b["query_ids"].shape[1]) for b in longest]}
     for name, run in (("packed", packed), ("padded_512", padded), ("padded_longest", longest)):
         state, _ = sharded.init_state(model, tx, mesh, jax.random.key(0), example)
@@ -341,7 +346,7 @@ def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
         for base in ("padded_512", "padded_longest"):
             goal = "goal >= 5x" if base == "padded_512" else "goal >= 1.5x"
             rows.append((f"{p.pack_preset} pair step, real de-en/de pairs, {pk['batch']} pairs x {pk['batches']} "
-                         f"batches, texts/s: packed vs {base.replace('_', ' ')}",
+                         f"batches, {pk.get('chunks', 1)} GradCache chunk(s), texts/s: packed vs {base.replace('_', ' ')}",
                          f"{pk['packed']['texts_per_s']:.1f}", f"{pk[base]['texts_per_s']:.1f}",
                          f"{pk['packed']['texts_per_s'] / pk[base]['texts_per_s']:.2f}x ({goal})"))
         rows.append(("  tokens computed per run (real tokens " + str(pk["real_tokens"]) + ")",
