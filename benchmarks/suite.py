@@ -23,9 +23,12 @@ Rows (each measured in a fresh subprocess, so peak memory is that measurement's 
 * input pipeline (CPU; needs tensorflow/seqio): MLM packing+masking and pair batches, tokens/s, against the
   train steps they have to feed (the `tiny` step, the hardest to keep fed, and the `base-de` step above);
 * packing (needs tensorflow/seqio): the pair step on real batches of the bundled de-en and de pairs
-  (`pairs_mix_de`), real texts per second, packed (`bilingual.packing`, rows of 512, the budget of
+  (`pairs_mix_de`, truncated at 512), real texts per second, packed (`bilingual.packing`: rows of
+  `pack_row_length` tokens and `pack_long_rows` rows of 512 per unit for longer texts, as
   `gin/stages/pairs.gin`) vs padded to 512 vs padded to each batch's longest text (every shape compiled
-  before timing), all three with the same GradCache chunks (`pack_chunks`; the packer's units = chunks).
+  before timing); packed and longest with `pack_chunks` GradCache chunks (the packer's units = chunks),
+  padded to 512 with `pad512_chunks` (0: the same), which only bounds its memory: any chunking > 1 computes
+  the same FLOPs.
 
 Figures vary run to run on a shared machine: compare ratios within one run, not across runs.
 """
@@ -69,15 +72,20 @@ class Profile:
     pipeline_pair_batches: int = 200
     # the packing row: base-de padded to 512 tokens asks XLA's CPU client for 37 GB at 16 pairs (measured), more
     # than a 2-core, 23 GB machine has, so the CPU profile runs the tiny preset at a batch where packing has
-    # texts to pack; budget 40 tokens per text: the bundled pairs' framed lengths average 16-32
+    # texts to pack. Sizes from bilingual.packing.length_report on 2,048 of these texts (framed lengths mean
+    # 17-18, p99 62-63, max 123): units of 128 texts in rows of 128 need 20-22 tokens per text and no long
+    # row (one kept for texts above 128); units of 4 texts would need 64
     pack_preset: str = "tiny"
     pack_batch: int = 128
     pack_batches: int = 2
-    pack_budget: int = 40
-    # GradCache chunks of every variant of the packing row (packed units = chunks): the same chunking for all
-    # three, so the comparison stays one of layouts; on CPU, base-de padded to 512 fits only in chunks of
-    # about 4 pairs (~1.15 GB of XLA:CPU buffers per 512-token text, measured: 37 GB at 16 pairs unchunked)
+    pack_budget: int = 24
+    pack_row_length: int = 128
+    pack_long_rows: int = 1
+    # GradCache chunks of the packed and padded-to-longest variants (packed units = chunks) and of padded to
+    # 512 (0: the same); on CPU, base-de padded to 512 fits only in chunks of about 4 pairs (~1.15 GB of
+    # XLA:CPU buffers per 512-token text, measured: 37 GB at 16 pairs unchunked)
     pack_chunks: int = 1
+    pad512_chunks: int = 0
     attention_lengths: tuple = (2048, 8192)
     attention_impls: str = "dense,chunked"
 
@@ -152,7 +160,11 @@ def _child_packing(p: Profile) -> dict:
                        show_progress=False)
     demo.register_demo_tasks(tok_dir)
     lengths = {"query": 512, "passage": 512}
-    packing = {"tokens_per_text": {"query": p.pack_budget, "passage": p.pack_budget}, "units": p.pack_chunks}
+    sides = ("query", "passage")
+    packing = {"tokens_per_text": dict.fromkeys(sides, p.pack_budget), "units": p.pack_chunks}
+    if p.pack_row_length < 512:
+        packing.update(row_length=dict.fromkeys(sides, p.pack_row_length),
+                       long_rows=dict.fromkeys(sides, p.pack_long_rows))
 
     def batches(**options):
         with batching.make_batch_iterator("pairs_mix_de", batch_size=p.pack_batch, sequence_lengths=lengths,
@@ -170,11 +182,14 @@ def _child_packing(p: Profile) -> dict:
     mesh = sharding.make_mesh(sharding.MeshConfig(data=1), devices=jax.devices()[:1])
     config = get_config(p.pack_preset, hidden_dropout=0.0, compute_dtype=p.compute_dtype,
                         attention_impl=p.attention_impl)
-    step_config = steps.StepConfig(dropout=False, gradcache_chunks=p.pack_chunks)
-    model, tx, example, shardings, fn = train_step.setup("pairs", config, step_config, mesh)
-    out = {"batch": p.pack_batch, "batches": p.pack_batches, "chunks": p.pack_chunks, "real_tokens": real_tokens,
-           "block_rows": int(packed[0]["query_ids"].shape[1]), "longest": [int(b["query_ids"].shape[1]) for b in longest]}
+    chunks_512 = p.pad512_chunks or p.pack_chunks
+    setups = {c: train_step.setup("pairs", config, steps.StepConfig(dropout=False, gradcache_chunks=c), mesh)
+              for c in {p.pack_chunks, chunks_512}}
+    out = {"batch": p.pack_batch, "batches": p.pack_batches, "chunks": p.pack_chunks, "chunks_512": chunks_512,
+           "real_tokens": real_tokens, "block": [list(packed[0]["query_ids"].shape), list(packed[0]["query_long_ids"].shape)],
+           "longest": [int(b["query_ids"].shape[1]) for b in longest]}
     for name, run in (("packed", packed), ("padded_512", padded), ("padded_longest", longest)):
+        model, tx, example, shardings, fn = setups[chunks_512 if name == "padded_512" else p.pack_chunks]
         state, _ = sharded.init_state(model, tx, mesh, jax.random.key(0), example)
         compiled = {}
         for b in run:  # compile every shape first: the timing is of warm steps
@@ -190,8 +205,8 @@ def _child_packing(p: Profile) -> dict:
             jax.block_until_ready(metrics)
             seconds += time.perf_counter() - start
         out[name] = {"seconds": seconds, "texts_per_s": 2 * p.pack_batch * p.pack_batches / seconds,
-                     "shapes": len(compiled), "tokens_computed": int(sum(b["query_ids"].size + b["passage_ids"].size
-                                                                           for b in run))}
+                     "shapes": len(compiled), "tokens_computed": int(sum(v.size for b in run for k, v in b.items()
+                                                                           if k.endswith("_ids")))}
     return out
 
 
@@ -345,8 +360,10 @@ def table(results: dict, p: Profile) -> list[tuple[str, str, str, str]]:
     if pk:
         for base in ("padded_512", "padded_longest"):
             goal = "goal >= 5x" if base == "padded_512" else "goal >= 1.5x"
+            chunks = f"{pk['chunks']}" + (f" ({pk['chunks_512']} at 512)" if pk["chunks_512"] != pk["chunks"] else "")
             rows.append((f"{p.pack_preset} pair step, real de-en/de pairs, {pk['batch']} pairs x {pk['batches']} "
-                         f"batches, {pk.get('chunks', 1)} GradCache chunk(s), texts/s: packed vs {base.replace('_', ' ')}",
+                         f"batches, {chunks} GradCache chunk(s), packed rows {pk['block'][0][1:]} + long "
+                         f"{pk['block'][1][1:]} per unit, texts/s: packed vs {base.replace('_', ' ')}",
                          f"{pk['packed']['texts_per_s']:.1f}", f"{pk[base]['texts_per_s']:.1f}",
                          f"{pk['packed']['texts_per_s'] / pk[base]['texts_per_s']:.2f}x ({goal})"))
         rows.append(("  tokens computed per run (real tokens " + str(pk["real_tokens"]) + ")",

@@ -18,13 +18,15 @@ masks int32 (1 on real tokens, 0 on padding):
 * ``retrieval``: as pairs plus ``negative_ids``, ``negative_mask`` [B, m, Ln] and ``negative_key`` [B, m, W].
 * ``sts``: ``a_ids``, ``a_mask`` [B, La]; ``b_ids``, ``b_mask`` [B, Lb] with ``La == Lb``; ``score`` [B] float32.
 
-Packed layout (``get(name, packed=True)``; ``bilingual.packing``): every view ``v`` of side ``s`` is a block
-of whole texts instead of padded rows: ``v_ids``, ``v_segments`` [U, Rs, Ls] int32 (``"pack_units"``,
-``"<side>_rows"``, the side's row length = its sequence length) and ``v_lengths`` with the view's text dims
-(``[B]``, negatives ``[B, m]``) int32, the framed length of each text. The texts, flattened in row-major
-order, are split into ``U`` pack units of consecutive texts; in unit ``u`` the ``i``-th text carries segment
-id ``i + 1`` (0 = padding), which is the index of its segment. Scalars (STS ``score``) and text keys are as
-above.
+Packed layout (``get(name, packed=True)``; ``bilingual.packing``): every view ``v`` of side ``s`` is two
+blocks of whole texts instead of padded rows: ``v_ids``, ``v_segments`` [U, Rs, rs] int32 (``"pack_units"``,
+``"<side>_rows"``, ``"<side>_row_length"``: rows at most the side's length) and ``v_long_ids``,
+``v_long_segments`` [U, Ks, Ls] (``"<side>_long_rows"``, the side's length: rows for the texts longer than
+``rs``; Ks = 0 where rs is the side's length), and ``v_lengths`` with the view's text dims (``[B]``,
+negatives ``[B, m]``) int32, the framed length of each text. The texts, flattened in row-major order, are
+split into ``U`` pack units of consecutive texts; in unit ``u`` the ``i``-th text carries segment id ``i + 1``
+(0 = padding) in whichever of its unit's blocks it sits, which is the index of its segment. Scalars (STS
+``score``) and text keys are as above.
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ if TYPE_CHECKING:
     from bilingual.training.steps import StepConfig
 
 I32, F32 = np.dtype(np.int32), np.dtype(np.float32)
-SIZE_DIMS = ("batch", "num_negatives", "pack_units", "key_words")  # and "<side>_rows"; other dims: length keys
-ROWS_SUFFIX = "_rows"
+SIZE_DIMS = ("batch", "num_negatives", "pack_units", "key_words")  # and the packed dims; others: length keys
+ROWS_SUFFIX, ROW_LENGTH_SUFFIX, LONG_ROWS_SUFFIX = "_rows", "_row_length", "_long_rows"
+PACKED_VIEW_FIELDS = ("ids", "segments", "lengths", "long_ids", "long_segments")  # a packed view's keys, in order
 
 
 def is_size_dim(dim: str) -> bool:
-    return dim in SIZE_DIMS or dim.endswith(ROWS_SUFFIX)
+    return dim in SIZE_DIMS or dim.endswith(ROWS_SUFFIX) or dim.endswith(ROW_LENGTH_SUFFIX)
 EmbeddingLoss = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
@@ -66,7 +69,8 @@ class TaskType:
       bind_loss: ``(loss, batch, step config) -> ({view: [n, H] float32} -> (loss, metrics))``, how a
         contrastive type feeds ``loss`` its views' embeddings; None for MLM.
       same_length: sequence-length keys that must be equal (STS: ``a`` and ``b``).
-      packed: the packed layout (views are ``(ids, segments, lengths)`` keys); see the module docstring.
+      packed: the packed layout (views are ``(ids, segments, lengths, long_ids, long_segments)`` keys, the
+        ``PACKED_VIEW_FIELDS``); see the module docstring.
     """
 
     name: str
@@ -103,21 +107,24 @@ class TaskType:
 
     def view_sides(self) -> dict[str, tuple[str, bool]]:
         """View -> (its side, whether it is nested ``[B, m]`` texts per row, i.e. hard negatives)."""
-        return {name: (self.arrays[keys[0]][0][-1], "num_negatives" in self.arrays[keys[-1]][0])
-                for name, keys in self.views.items()}
+        dims = {name: [d for k in keys for d in self.arrays[k][0]] for name, keys in self.views.items()}
+        return {name: (next(d for d in ds if not is_size_dim(d)), "num_negatives" in ds) for name, ds in dims.items()}
 
     def packed_sizes(self, batch_size: int, lengths: Mapping[str, int], num_negatives: Optional[int],
                      units: int, packing) -> dict[str, int]:
-        """The ``pack_units`` and ``<side>_rows`` dims of packed batches of ``batch_size`` rows in ``units``
-        pack units under ``packing`` (a ``bilingual.packing.PackingConfig``); ValueError naming the gin key
-        when the batch does not split into the units or a budget is missing."""
+        """The ``pack_units``, ``<side>_rows``, ``<side>_row_length`` and ``<side>_long_rows`` dims of packed
+        batches of ``batch_size`` rows in ``units`` pack units under ``packing`` (a
+        ``bilingual.packing.PackingConfig``); ValueError naming the gin key when the batch does not split into
+        the units or a budget is missing."""
         sizes = {"pack_units": units}
         for side, nested in self.view_sides().values():
             texts = batch_size * ((num_negatives or 0) if nested else 1)
             if units < 1 or texts % units:
                 raise ValueError(f"{self.name}: {texts} {side} texts per batch do not split into "
                                  f"data.options['packing']['units']={units} pack units")
-            sizes[side + ROWS_SUFFIX] = packing.rows(side, texts // units, lengths[side])
+            rows, row_length, long_rows = packing.block(side, texts // units, lengths[side])
+            sizes.update({side + ROWS_SUFFIX: rows, side + ROW_LENGTH_SUFFIX: row_length,
+                          side + LONG_ROWS_SUFFIX: long_rows})
         return sizes
 
     def check_lengths(self, lengths: Mapping[str, int]) -> None:
@@ -138,7 +145,8 @@ class TaskType:
         sizes = {**lengths, "batch": batch_size, "num_negatives": num_negatives, "key_words": KEY_WORDS}
         if self.packed:
             sizes.update(self.packed_sizes(batch_size, lengths, num_negatives, packing.global_units(), packing))
-        missing = [d for dims, _ in self.arrays.values() for d in dims if not sizes.get(d)]
+        missing = [d for dims, _ in self.arrays.values() for d in dims  # 0 is a size (no long rows)
+                   if sizes.get(d) is None or (sizes[d] == 0 and not d.endswith(LONG_ROWS_SUFFIX))]
         if missing:
             raise ValueError(f"{self.name} batch shapes need {', '.join(dict.fromkeys(missing))}")
         return {k: jax.ShapeDtypeStruct(tuple(sizes[d] for d in dims), dtype)
@@ -181,7 +189,9 @@ class TaskType:
             positions = b * (config.max_predictions or length)
             return 3 * (flops.encoder_forward_flops(model, b, length) + flops.mlm_head_forward_flops(model, positions))
         factor = 4 if config.gradcache_chunks > 1 else 3
-        shapes = [batch[ids_key].shape for ids_key, _ in self.views.values()]
+        ids_keys = [keys[0] for keys in self.views.values()]  # packed batches: their long rows too
+        ids_keys += [k[:-len("_ids")] + "_long_ids" for k in ids_keys if k[:-len("_ids")] + "_long_ids" in batch]
+        shapes = [batch[k].shape for k in ids_keys]
         return factor * sum(flops.encoder_forward_flops(model, math.prod(s[:-1]), s[-1]) for s in shapes)
 
 
@@ -237,15 +247,18 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
 
 def _packed(entry: TaskType) -> TaskType:
     """The packed layout of a contrastive entry (module docstring): per view ids and segments
-    ``[pack_units, <side>_rows, side]`` and the texts' lengths with the view's text dims."""
+    ``[pack_units, <side>_rows, <side>_row_length]``, long ids and segments ``[pack_units, <side>_long_rows,
+    side]`` and the texts' lengths with the view's text dims."""
     arrays, views = {}, {}
     padded_view_keys = {k for keys in entry.views.values() for k in keys}
     for name, (ids_key, _) in entry.views.items():
         dims = entry.arrays[ids_key][0]
         side, prefix = dims[-1], ids_key[:-len("_ids")]
-        block = ("pack_units", side + ROWS_SUFFIX, side)
-        keys = (f"{prefix}_ids", f"{prefix}_segments", f"{prefix}_lengths")
-        arrays.update({keys[0]: (block, I32), keys[1]: (block, I32), keys[2]: (dims[:-1], I32)})
+        block = ("pack_units", side + ROWS_SUFFIX, side + ROW_LENGTH_SUFFIX)
+        long_block = ("pack_units", side + LONG_ROWS_SUFFIX, side)
+        keys = tuple(f"{prefix}_{field}" for field in PACKED_VIEW_FIELDS)
+        arrays.update({keys[0]: (block, I32), keys[1]: (block, I32), keys[2]: (dims[:-1], I32),
+                       keys[3]: (long_block, I32), keys[4]: (long_block, I32)})
         views[name] = keys
     arrays.update({k: v for k, v in entry.arrays.items() if k not in padded_view_keys})
     return dataclasses.replace(entry, arrays=arrays, views=views, packed=True)

@@ -4,6 +4,9 @@
     python -m launch.inspect_data --gin_file=gin/datasets/user_data.gin --gin_bindings='TOKENIZER = "/tmp/tok"' \
         --name=multitask_de_mine
 
+    python -m launch.inspect_data --tokenizer=/tmp/tok --name=pairs_mix_de --packing_report --length=512 \
+        --batch_size=256 --batches=8 --texts_per_unit=64      # sizes for data.options['packing']
+
 Without ``--gin_file`` the bundled demo tasks are registered with ``--tokenizer``. MLM rows show the corrupted
 input with every selected position in brackets: ``[<mask>|Haus]`` (masked), ``[Baum|Haus]`` (replaced),
 ``[=Haus]`` (kept but predicted).
@@ -82,6 +85,57 @@ def count_false_negatives(name: str, batch_size: int, seed: int, lengths: dict, 
             "epoch): " + ", ".join(f"{t} {m} in {b} batches" for t, (m, b) in counts.items()))
 
 
+def packing_report(name: str, batch_size: int, batches: int, seed: int, length: int, texts_per_unit: int,
+                   row_lengths: list[int], model: str = "base-de") -> list[str]:
+    """Sizes for packed batches (``data.options['packing']``) from the framed lengths of ``batches`` padded
+    batches of ``name`` truncated at ``length``: per side and candidate row length, the budget and long rows
+    that ``bilingual.packing.length_report`` finds for units of ``texts_per_unit`` texts (99.9% of 1,000
+    simulated units fit: a quantile, not a bound, so leave room for data the sample did not show), and the
+    encoder forward FLOPs per text of ``model`` for that block; the last line is the gin value of the
+    cheapest candidate of every side."""
+    from bilingual import flops, get_config, packing, task_types
+
+    seen: dict[str, list[int]] = {}
+    with batching.make_batch_iterator(name, batch_size=batch_size, seed=seed, prefetch=0,
+                                      sequence_lengths=dict.fromkeys(("text", *SIDES), length)) as it:
+        for _ in range(batches):
+            batch = next(it)
+            if batch["task_type"] == "mlm":
+                continue
+            spec = task_types.get(batch["task_type"])
+            for view, (side, _) in spec.view_sides().items():
+                mask = batch[spec.views[view][1]]
+                seen.setdefault(side, []).extend(mask.reshape(-1, mask.shape[-1]).sum(1).tolist())
+    config = get_config(model)
+    lines, best = [], {}
+    for side, lengths in seen.items():
+        lengths = np.asarray(lengths)
+        lines.append(f"{side}: {len(lengths)} texts, framed length mean {lengths.mean():.1f}, p50 "
+                     f"{np.percentile(lengths, 50):.0f}, p95 {np.percentile(lengths, 95):.0f}, max {lengths.max()} "
+                     f"(truncated at {length})")
+        for row_length in sorted({min(r, length) for r in row_lengths}):
+            report = packing.length_report(lengths, texts_per_unit, row_length, long_length=length, seed=seed,
+                                           trials=1000)
+            rows = -(-texts_per_unit * report["tokens_per_text"] // row_length)
+            cost = (flops.encoder_forward_flops(config, rows, row_length)
+                    + flops.encoder_forward_flops(config, report["long_rows"], length)) / texts_per_unit
+            lines.append(f"  rows of {row_length}: tokens_per_text {report['tokens_per_text']}, long_rows "
+                         f"{report['long_rows']} -> {rows} x {row_length} + {report['long_rows']} x {length} tokens "
+                         f"per {texts_per_unit} texts, {cost / 1e9:.2f} GFLOP per text ({model} forward)")
+            if side not in best or cost < best[side][0]:
+                best[side] = (cost, row_length, report)
+    gin_value = {"tokens_per_text": {s: b[2]["tokens_per_text"] for s, b in best.items()}}
+    short = {s: b for s, b in best.items() if b[1] < length}
+    if short:
+        gin_value.update(row_length={s: b[1] for s, b in short.items()},
+                         long_rows={s: b[2]["long_rows"] for s, b in short.items()})
+    lines.append(f"data.options['packing'] = {gin_value!r}")
+    return lines
+
+
+SIDES = ("query", "passage", "negatives", "a", "b")
+
+
 @cli.entry_point
 def main(argv=None) -> list[str]:
     parser = cli.parser(__doc__)
@@ -97,6 +151,12 @@ def main(argv=None) -> list[str]:
                         help="instead: one pass over each pairs / retrieval task, counting the in-batch pairs the "
                              "losses mask (texts equal to the positive) at --batch_size")
     parser.add_argument("--dedup_window", type=int, default=1, help="the sampler's data.options['dedup_window']")
+    parser.add_argument("--packing_report", action="store_true",
+                        help="instead: sizes for packed batches from --batches batches of --batch_size truncated at "
+                             "--length (units of --texts_per_unit texts, rows of each --row_lengths)")
+    parser.add_argument("--texts_per_unit", type=int, default=64,
+                        help="texts of a side per pack unit: global batch / (batch shards x GradCache chunks)")
+    parser.add_argument("--row_lengths", default="64,128,256,512", help="candidate row lengths, comma-separated")
     args = parser.parse_args(argv)
     if args.gin_file:
         with gin.unlock_config():
@@ -107,7 +167,12 @@ def main(argv=None) -> list[str]:
         demo.register_demo_tasks(args.tokenizer)
     else:
         parser.error("give --tokenizer (demo tasks) or --gin_file")
-    lengths = {k: args.length for k in ("text", "query", "passage", "negatives", "a", "b")}
+    lengths = {k: args.length for k in ("text", *SIDES)}
+    if args.packing_report:
+        lines = packing_report(args.name, args.batch_size, args.batches, args.seed, args.length, args.texts_per_unit,
+                               [int(r) for r in args.row_lengths.split(",")])
+        print("\n".join(lines))
+        return lines
     if args.false_negatives:
         lines = [count_false_negatives(args.name, args.batch_size, args.seed, lengths, args.dedup_window)]
         print(lines[0])

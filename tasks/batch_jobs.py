@@ -123,7 +123,8 @@ class View:
     or, ``nested``, ``[B, m, L]`` (hard negatives). Packed (``lengths_key`` set): ``mask_key`` is the segment
     ids' key, both ``[units, rows, L]``, and ``lengths_key`` the texts' lengths ``[B]`` / ``[B, m]``.
     ``text_key``: the key of the texts' identity keys ``[B, W]`` / ``[B, m, W]`` (``bilingual.text_identity``,
-    computed from the raw text), or None."""
+    computed from the raw text), or None. ``long_keys``: packed, the long rows' ids and segment ids keys
+    ``[units, long_rows, L]``."""
 
     ids_key: str
     mask_key: str
@@ -131,6 +132,7 @@ class View:
     nested: bool
     lengths_key: Optional[str] = None
     text_key: Optional[str] = None
+    long_keys: Optional[tuple[str, str]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +149,8 @@ class ContrastiveJob:
     views: tuple[View, ...]
     scalars: tuple[tuple[str, str], ...]  # (key, numpy dtype name)
     lengths: tuple[tuple[str, int], ...]
-    packing: Optional[tuple[int, tuple[tuple[str, int], ...]]] = None  # (units, ((side, rows per unit), ...))
+    # packed: (units, ((side, rows, row length, long rows) per unit, ...)), packing.PackingConfig.block's sizes
+    packing: Optional[tuple[int, tuple[tuple[str, int, int, int], ...]]] = None
     dedup_window: int = 1
 
     def examples(self, j: int) -> list:
@@ -196,18 +199,22 @@ class ContrastiveJob:
                 batch[view.text_key] = keys.reshape((len(examples), m, -1) if view.nested else keys.shape)
             rows = [frame(ids, lengths[view.side]) for ids in self.encoder.encode(texts)]
             if view.lengths_key is not None:
-                units, unit_rows = self.packing[0], dict(self.packing[1])
-                key = f"data.options['packing']['tokens_per_text'][{view.side!r}]"
+                units, blocks = self.packing[0], {side: sizes for side, *sizes in self.packing[1]}
+                unit_rows, row_length, long_rows = blocks[view.side]
                 try:
-                    ids, segments, text_lengths = packer.pack_units(rows, units, unit_rows[view.side],
-                                                                    lengths[view.side], bpe.PAD_ID,
-                                                                    what=f"task {self.task!r} {view.side} texts")
+                    packed = packer.pack_units(rows, units, unit_rows, row_length, bpe.PAD_ID,
+                                               what=f"task {self.task!r} {view.side} texts", long_rows=long_rows,
+                                               long_length=lengths[view.side])
                 except packer.PackingError as err:
-                    raise packer.PackingError(f"{err}; the {unit_rows[view.side]} rows per unit come from "
-                                              f"{key}: raise it") from None
+                    keys = "data.options['packing']['{}'][%r]" % view.side
+                    raise packer.PackingError(f"{err}; the {unit_rows} rows per unit come from "
+                                              f"{keys.format('tokens_per_text')}"
+                                              + (f" and the {long_rows} long rows from {keys.format('long_rows')}"
+                                                 if row_length < lengths[view.side] else "") + ": raise it") from None
                 shape = (len(examples), m) if view.nested else (len(examples),)
-                batch[view.ids_key], batch[view.mask_key] = ids, segments
-                batch[view.lengths_key] = text_lengths.reshape(shape)
+                batch[view.ids_key], batch[view.mask_key] = packed["ids"], packed["segments"]
+                batch[view.long_keys[0]], batch[view.long_keys[1]] = packed["long_ids"], packed["long_segments"]
+                batch[view.lengths_key] = packed["lengths"].reshape(shape)
                 continue
             ids, mask = pad_to(rows, lengths[view.side])
             if view.nested:

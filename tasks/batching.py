@@ -203,7 +203,8 @@ class TaskStream:
             spec = task_types.get(self.task_type, packed=self.packing is not None)
             sides = spec.view_sides()
             views = tuple(batch_jobs.View(keys[0], keys[1], *sides[name], keys[2] if spec.packed else None,
-                                          spec.text_keys.get(name)) for name, keys in spec.views.items())
+                                          spec.text_keys.get(name), keys[3:] if spec.packed else None)
+                          for name, keys in spec.views.items())
             scalars = tuple((key, np.dtype(spec.arrays[key][1]).name) for key in spec.scalars)
             job = batch_jobs.ContrastiveJob(self.task.name, records_, self.order, encoder, self.batch_size,
                                             self.position, views, scalars, tuple(sorted(self.lengths.items())),
@@ -349,8 +350,8 @@ class BatchIterator:
         return self._streams[task.name]
 
     def packed_sizes(self, task: seqio.Task) -> Optional[dict[str, int]]:
-        """The packed dims (``pack_units``, ``<side>_rows``) of ``task``'s batches on this host; None when
-        they are padded (MLM, or no ``packing``)."""
+        """The packed dims (``pack_units``, ``<side>_rows``, ``<side>_row_length``, ``<side>_long_rows``) of
+        ``task``'s batches on this host; None when they are padded (MLM, or no ``packing``)."""
         task_type = self.task_types[task.name]
         if self.packing is None or task_type == "mlm":
             return None
@@ -366,9 +367,11 @@ class BatchIterator:
         sizes = self.packed_sizes(task)
         if sizes is None:
             return None
-        rows = tuple(sorted((k[:-len(task_types.ROWS_SUFFIX)], v) for k, v in sizes.items()
-                            if k.endswith(task_types.ROWS_SUFFIX)))
-        return sizes["pack_units"], rows
+        sides = sorted({side for side, _ in task_types.get(self.task_types[task.name], packed=True)
+                       .view_sides().values()})
+        return sizes["pack_units"], tuple((side, sizes[side + task_types.ROWS_SUFFIX],
+                                           sizes[side + task_types.ROW_LENGTH_SUFFIX],
+                                           sizes[side + task_types.LONG_ROWS_SUFFIX]) for side in sides)
 
     def task_for_step(self, step: int) -> seqio.Task:
         """The task of batch ``step`` (the same on every host)."""

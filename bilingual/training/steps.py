@@ -78,22 +78,31 @@ class StepConfig:
 
 def make_embed_fn(model: JinaBert, dropout: bool):
     """``(params, inputs, rng) -> [n, H]`` mean-pooled float32 embeddings; ``inputs`` is ``{"ids", "mask"}``
-    ``[n, L]`` (padded rows) or ``{"ids", "segments", "lengths"}`` (packed: ``[u, R, L]`` blocks of ``u``
-    pack units and ``[u, T]`` lengths of their texts; ``n = u * T``, unit-major)."""
+    ``[n, L]`` (padded rows) or packed: ``{"ids", "segments"}`` ``[u, R, r]`` (rows), ``{"long_ids",
+    "long_segments"}`` ``[u, K, L]`` (long rows, K may be 0) of ``u`` pack units and ``"lengths"`` ``[u, T]``
+    of their texts; ``n = u * T``, unit-major. Each block is one encoder call (the long one a second, with
+    its own dropout key); a text's segment sits in one of them, so pooling over both is its mean."""
+
+    def encode(params, ids, segments, rng):
+        units, rows, length = ids.shape
+        segments = segments.reshape(units * rows, length)
+        out = model.apply({"params": params}, ids.reshape(units * rows, length), (segments > 0).astype(jnp.int32),
+                          segment_ids=segments, deterministic=not dropout, rngs={"dropout": rng})
+        return out.last_hidden_state.reshape(units, rows * length, -1)
 
     def embed(params, inputs, rng):
         if "segments" not in inputs:
             out = model.apply({"params": params}, inputs["ids"], inputs["mask"], deterministic=not dropout,
                               rngs={"dropout": rng})
             return out.embedding
-        units, rows, length = inputs["ids"].shape
-        texts = inputs["lengths"].shape[1]
-        segments = inputs["segments"].reshape(units * rows, length)
-        out = model.apply({"params": params}, inputs["ids"].reshape(units * rows, length),
-                          (segments > 0).astype(jnp.int32), segment_ids=segments, deterministic=not dropout,
-                          rngs={"dropout": rng})
-        hidden = out.last_hidden_state.reshape(units, rows, length, -1)
-        pooled = jax.vmap(segment_mean_pool, in_axes=(0, 0, None))(hidden, inputs["segments"], texts)
+        units, texts = inputs["lengths"].shape
+        hidden = encode(params, inputs["ids"], inputs["segments"], rng)
+        segments = inputs["segments"].reshape(units, -1)
+        if inputs["long_ids"].shape[1]:
+            long_hidden = encode(params, inputs["long_ids"], inputs["long_segments"], jax.random.fold_in(rng, 1))
+            hidden = jnp.concatenate([hidden, long_hidden.astype(hidden.dtype)], axis=1)
+            segments = jnp.concatenate([segments, inputs["long_segments"].reshape(units, -1)], axis=1)
+        pooled = jax.vmap(segment_mean_pool, in_axes=(0, 0, None))(hidden, segments, texts)
         return pooled.reshape(units * texts, -1)
 
     return embed
@@ -102,15 +111,15 @@ def make_embed_fn(model: JinaBert, dropout: bool):
 def contrastive_views(task_type: str, batch) -> dict:
     """The encoder inputs of a contrastive batch, view -> arrays. Padded: ``{"ids", "mask"}`` ``[n, L]`` int32,
     the view's arrays flattened to rows (retrieval's ``[B, m, Ln]`` negatives to ``[B * m, Ln]``). Packed:
-    ``{"ids", "segments"}`` ``[U, R, L]`` and ``{"lengths"}`` ``[U, n / U]`` (``task_types`` packed layout)."""
+    ``{"ids", "segments"}`` ``[U, R, r]``, ``{"long_ids", "long_segments"}`` ``[U, K, L]`` and ``{"lengths"}``
+    ``[U, n / U]`` (``task_types`` packed layout)."""
     spec = task_types.layout_of(task_type, batch)
     views = {}
     for name, keys in spec.views.items():
         if spec.packed:
-            ids_key, segments_key, lengths_key = keys
-            units = batch[ids_key].shape[0]
-            views[name] = {"ids": batch[ids_key], "segments": batch[segments_key],
-                           "lengths": batch[lengths_key].reshape((units, -1))}
+            units = batch[keys[0]].shape[0]
+            views[name] = {field: batch[key] for field, key in zip(task_types.PACKED_VIEW_FIELDS, keys)}
+            views[name]["lengths"] = views[name]["lengths"].reshape((units, -1))
             continue
         ids, mask = batch[keys[0]], batch[keys[1]]
         views[name] = {"ids": ids.reshape((-1, ids.shape[-1])), "mask": mask.reshape((-1, mask.shape[-1]))}
