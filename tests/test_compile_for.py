@@ -184,7 +184,7 @@ def test_remat_with_threefry_dropout_keeps_more_on_a_tpu_and_rbg_does_not():
     """The tiny MLM step (2 layers, 8 x 256 tokens, hidden dropout 0.1) compiled for one v5e chip. With
     ``encoder.remat`` and threefry dropout keys libtpu keeps far more temporaries than without remat
     (measured 97 MiB against 8.5: every layer's recomputed activations live at once); with
-    ``TrainConfig.dropout_prng='rbg'`` (the TPU run files) remat costs nothing extra (8.5 MiB measured).
+    ``TrainConfig.dropout_prng='rbg'`` (the TPU MLM run files) remat costs nothing extra (8.5 MiB measured).
     The bounds leave 2x either way of those figures; a remat that stopped recomputing (or an rbg setting
     that did not reach the step) fails the second assertion, a libtpu that fixes threefry the first."""
     temps = {}

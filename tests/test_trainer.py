@@ -57,7 +57,7 @@ def test_resume_after_interruption_is_bit_exact(tmp_path):
 
 
 def test_rbg_dropout_key_resumes_bit_exact_and_draws_other_dropout(tmp_path):
-    """``TrainConfig.dropout_prng='rbg'`` (the TPU run files): the step keys are RngBitGenerator keys, still
+    """``TrainConfig.dropout_prng='rbg'`` (the TPU MLM run files): the step keys are RngBitGenerator keys, still
     folded in by step, so resuming is bit-exact on the (data 4, fsdp 2) mesh; the dropout masks differ from
     threefry's (the tiny preset has hidden dropout 0.1), so after 4 steps the parameters differ."""
     run = config("mlm", num_steps=4, dropout_prng="rbg")

@@ -60,7 +60,8 @@ class TrainConfig:
     RngBitGenerator). With ``encoder.remat`` on TPU threefry's bits defeat the rematerialisation: XLA
     keeps every layer's recomputed activations live at once (measured with libtpu for a v5e chip, tiny
     encoder, 4 layers, 8 x 512 tokens, hidden dropout 0.1: temporaries 341 MiB with remat against 158 MiB
-    without; 12 MiB with ``rbg``); the TPU run files use ``rbg``. Parameter initialisation always
+    without; 12 MiB with ``rbg``); the TPU MLM run files use ``rbg``, the pairs and multi-task ones not
+    (the pairs GradCache step keeps 10x more temporaries with it: README). Parameter initialisation always
     uses threefry, so this changes no starting point.
     """
 
